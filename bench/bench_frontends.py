@@ -1,0 +1,85 @@
+"""Front-end cost per modality of an exported live model (ms per window, batch 1, CPU).
+
+For each modality alone: numpy featurisation (log-mel / face normalisation / tokenisation) and
+the onnxruntime graph with only that modality present (its front-end + MoMKE core), next to the
+graph with nothing present (the core's fixed cost), so front-end cost = pattern - none.
+Writes JSON and prints a table.
+
+  .venv/bin/python bench/bench_frontends.py --model models/live --json runs/bench_frontends.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.backend import WindowInputs
+from engines.datasets import synthetic_windows
+from engines.features import featurise_windows
+from engines.onnx_backend import OnnxBackend
+
+
+def _time_ms(fn: Any, repeats: int) -> dict[str, float]:
+    for _ in range(5):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    return {"median_ms": statistics.median(samples), "p90_ms": samples[int(0.9 * len(samples))]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=Path("models/live"))
+    ap.add_argument("--json", type=Path, default=Path("runs/bench_frontends.json"))
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--faces", type=int, default=20, help="face crops per window")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    backend = OnnxBackend(args.model, threads=args.threads)
+    raw = synthetic_windows(1, seed=0).windows[0]
+    assert raw.video is not None
+    full = WindowInputs(audio=raw.audio, video=np.repeat(raw.video[:1], args.faces, 0),
+                        text=("I can't believe you did that again, seriously",))
+    results: dict[str, Any] = {"model": str(args.model), "threads": args.threads,
+                               "faces_per_window": args.faces, "machine": platform.processor()
+                               or platform.machine(), "patterns": {}}
+    none_feeds = featurise_windows([WindowInputs()], backend.modalities, backend.tokenizer)
+    core = _time_ms(lambda: backend.run_graph(none_feeds), args.repeats)
+    results["patterns"]["none"] = {"graph": core}
+    for m in backend.modalities:
+        window = WindowInputs(**{m: getattr(full, m)})
+        feat = _time_ms(lambda w=window: featurise_windows([w], backend.modalities,
+                                                           backend.tokenizer), args.repeats)
+        feeds = featurise_windows([window], backend.modalities, backend.tokenizer)
+        graph = _time_ms(lambda f=feeds: backend.run_graph(f), args.repeats)
+        results["patterns"][m] = {
+            "featurise": feat, "graph": graph,
+            "frontend_ms": feat["median_ms"] + graph["median_ms"] - core["median_ms"]}
+    all_feeds = featurise_windows([full], backend.modalities, backend.tokenizer)
+    results["patterns"]["+".join(backend.modalities)] = {
+        "graph": _time_ms(lambda: backend.run_graph(all_feeds), args.repeats),
+        "predict": _time_ms(lambda: backend.predict(full), args.repeats)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"{'pattern':<18}{'featurise ms':>14}{'graph ms':>10}{'front-end ms':>14}")
+    for key, r in results["patterns"].items():
+        feat_ms = r.get("featurise", {}).get("median_ms", float("nan"))
+        fe_ms = r.get("frontend_ms", float("nan"))
+        print(f"{key:<18}{feat_ms:>14.2f}{r['graph']['median_ms']:>10.2f}{fe_ms:>14.2f}")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

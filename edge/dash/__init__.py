@@ -1,0 +1,1 @@
+"""The telemetry dashboard: `edge-dash`, a subscriber process serving a local live page."""

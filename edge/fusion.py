@@ -1,0 +1,216 @@
+"""The daemon's pure core: envelopes in, estimates out, time injected.
+
+`FusionCore.ingest` takes decoded sensor envelopes (validating that each payload is what its
+modality's front-end expects), `FusionCore.step(now)` closes due windows, asks the watchdog
+for each link's state as of the window's close, builds `WindowInputs` from the modalities that
+are available, runs the backend and returns one estimate document per window. No sockets,
+threads or clocks: the daemon (`edge.daemon`) is the I/O shell around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from edge.config import DaemonConfig
+from edge.watchdog import Watchdog
+from edge.windowing import Window, Windower
+from edge.wire import Envelope, WireError
+from engines.backend import (
+    AUDIO_RATE_HZ,
+    FACE_SIZE,
+    Backend,
+    Prediction,
+    WindowInputs,
+    pattern_key,
+)
+
+# The part of an estimate that is a function of the recorded stamps and payloads alone:
+# replaying a recording must reproduce these bit for bit. The rest (seq, latency, counters)
+# measures the run that produced it.
+CONTENT_KEYS: tuple[str, ...] = (
+    "t_start_ns",
+    "t_end_ns",
+    "probs",
+    "label",
+    "confidence",
+    "availability",
+    "used",
+    "pattern",
+    "router",
+    "frames",
+)
+MAX_TEXT_BYTES = 4096  # one utterance
+
+
+def check_payload(envelope: Envelope) -> Any:
+    """The frame's payload in the form the window keeps, or WireError("bad_payload")."""
+    header, payload = envelope.header, envelope.payload
+    modality = header.modality
+    if modality == "audio":
+        if header.dtype != "int16" or payload.ndim != 1 or payload.size > AUDIO_RATE_HZ * 10:
+            got = f"{header.dtype}{header.shape}"
+            raise WireError("bad_payload", f"audio must be 1-D int16, got {got}")
+        return payload
+    if modality == "video":
+        ok_shape = payload.shape[-2:] == (FACE_SIZE, FACE_SIZE) and payload.ndim in (2, 3)
+        if header.dtype != "uint8" or not ok_shape:
+            raise WireError("bad_payload", f"video must be uint8 (n,48,48), got {header.shape}")
+        return payload.reshape(-1, FACE_SIZE, FACE_SIZE)
+    if modality == "text":
+        if header.encoding != "utf-8" or payload.ndim != 1 or payload.size > MAX_TEXT_BYTES:
+            raise WireError("bad_payload", "text must be a utf-8 uint8 vector")
+        return envelope.text()
+    raise WireError("bad_payload", f"no frames expected on {modality}")
+
+
+def availability(modality: str, link_state: str, n_frames: int) -> str:
+    """Why a modality is (not) in a window: disabled and dead win; frames make it ok;
+    otherwise the link says empty, or it is alive but sending nothing (stale)."""
+    if link_state in ("disabled", "dead"):
+        return link_state
+    if n_frames > 0:
+        return "ok"
+    return "empty" if link_state == "empty" else "stale"
+
+
+def window_inputs(window: Window, used: tuple[str, ...]) -> WindowInputs:
+    audio = video = text = None
+    if "audio" in used:
+        audio = np.concatenate(window.frames["audio"]).astype(np.int16, copy=False)
+    if "video" in used:
+        video = np.concatenate(window.frames["video"], axis=0)
+    if "text" in used:
+        text = tuple(window.frames["text"])
+    return WindowInputs(audio=audio, video=video, text=text)
+
+
+class FusionCore:
+    def __init__(self, config: DaemonConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.modalities = config.modalities
+        self.watchdog = Watchdog(config.watchdog, config.modalities, disabled=config.disabled)
+        self.windower = Windower(config.window, config.modalities)
+        self.rejected: Counter[str] = Counter()  # reason -> count (bad payloads, late, ...)
+        self.ignored = 0  # well-formed messages the core has no use for (estimates, ...)
+        self.seq = 0
+
+    def ingest(self, envelope: Envelope, now_ns: int) -> None:
+        """Take one decoded message. Raises WireError for a frame whose payload is unusable."""
+        header = envelope.header
+        if header.kind not in ("frame", "heartbeat") or header.modality not in self.modalities:
+            self.ignored += 1
+            return
+        if header.t_mono_ns > now_ns + self.config.window.max_future_ms * 1_000_000:
+            raise WireError("future_stamp", f"{header.t_mono_ns - now_ns} ns ahead")
+        payload = check_payload(envelope) if header.kind == "frame" else None
+        self.watchdog.observe(
+            header.modality,
+            sensor=header.sensor,
+            kind=header.kind,
+            seq=header.seq,
+            t_ns=header.t_mono_ns,
+            state=header.state,
+        )
+        if payload is not None and header.modality not in self.config.disabled:
+            verdict = self.windower.add(header.modality, header.t_mono_ns, payload, now_ns)
+            if verdict != "ok":
+                self.rejected[verdict] += 1
+
+    def step(self, now_ns: int) -> list[dict[str, Any]]:
+        """Estimates for every window due at `now_ns`, oldest first."""
+        return [self.estimate(window) for window in self.windower.due(now_ns)]
+
+    def estimate(self, window: Window) -> dict[str, Any]:
+        avail = {
+            m: availability(m, self.watchdog.state_at(m, window.judged_ns), len(window.frames[m]))
+            for m in self.modalities
+        }
+        used = tuple(m for m in self.modalities if avail[m] == "ok")
+        error = None
+        t_infer = time.perf_counter()
+        try:
+            prediction = self.backend.predict(window_inputs(window, used))
+        except Exception as exc:  # a window the model cannot take must not stop the daemon
+            error = f"{type(exc).__name__}: {exc}"[:200]
+            self.rejected[f"backend:{type(exc).__name__}"] += 1
+            used = ()
+            prediction = self._prior()
+        infer_ms = (time.perf_counter() - t_infer) * 1000
+        # what actually entered the model (a model may ignore a modality it was not trained on)
+        final_used = tuple(prediction.used) if prediction.used or error else used
+        probs = [float(p) for p in np.asarray(prediction.probs, dtype=np.float64)]
+        best = int(np.argmax(probs))
+        newest = window.newest_stamp_ns()
+        self.seq += 1
+        return {
+            "seq": self.seq,
+            "t_start_ns": window.start_ns,
+            "t_end_ns": window.end_ns,
+            "t_close_ns": window.close_ns,
+            "probs": dict(zip(self.backend.labels, probs, strict=True)),
+            "label": self.backend.labels[best],
+            "confidence": probs[best],
+            "availability": avail,
+            "used": list(final_used),
+            "pattern": pattern_key(final_used),
+            "router": {
+                m: {e: float(w) for e, w in weights.items()}
+                for m, weights in prediction.router.items()
+            },
+            "frames": {m: len(window.frames[m]) for m in self.modalities},
+            "newest_frame_ns": newest,
+            "backend": self.backend.name,
+            "error": error,
+            "infer_ms": infer_ms,  # the model's share of the latency (measured, not content)
+            "links": self.links(window),
+        }
+
+    def links(self, window: Window) -> dict[str, dict[str, Any]]:
+        """Per-link health when the window was judged (what edge-dash shows per link)."""
+        t = window.judged_ns
+        window_s = (window.end_ns - window.start_ns) / 1e9
+        counters = self.watchdog.counters()
+        out = {}
+        for m in self.modalities:
+            last = self.watchdog.last_at_or_before(m, t)
+            last_frame = self.watchdog.last_at_or_before(m, t, frames_only=True)
+            c = counters[m]
+            out[m] = {
+                "modality": m,
+                "state": self.watchdog.state_at(m, t),
+                "heartbeat_age_ms": None if last is None else (t - last) / 1e6,
+                "frame_age_ms": None if last_frame is None else (t - last_frame) / 1e6,
+                "frame_rate_hz": len(window.frames[m]) / window_s,
+                "received": c.frames + c.heartbeats,
+                "lost": c.lost,
+                "restarts": c.restarts,
+            }
+        return out
+
+    def _prior(self) -> Prediction:
+        """What the model says with nothing present; uniform if even that fails."""
+        try:
+            return self.backend.predict(WindowInputs())
+        except Exception:
+            n = len(self.backend.labels)
+            return Prediction(probs=np.full(n, 1.0 / n))
+
+    def health(self) -> dict[str, Any]:
+        counters = self.watchdog.counters()
+        wc = self.windower.counters
+        return {
+            "lost": {m: c.lost for m, c in counters.items()},
+            "restarts": {m: c.restarts for m, c in counters.items()},
+            "duplicates": {m: c.duplicates for m, c in counters.items()},
+            "late": wc.late,
+            "future": wc.future,
+            "overflow": wc.overflow,
+            "skipped_windows": wc.skipped_windows,
+            "rejected": dict(self.rejected),
+            "ignored": self.ignored,
+        }

@@ -1,0 +1,176 @@
+"""Compact front-end encoders of the live model, one per modality.
+
+Each front-end turns one modality's featurised window (see `engines.features`) into a short,
+time-ordered sequence of tokens for its MoMKE expert, and has a small pooled head so it can be
+trained alone on its own dataset first (STYLE.md section 8):
+
+  forward_features(x, mask) -> tokens (B, T, dim), token_mask (B, T)
+  forward_head(tokens, token_mask) -> logits (B, n_classes)   (masked mean pooling + linear)
+
+They are small on purpose: a car computer runs them every window, and they are trained from
+scratch on a few hundred (EmoDB, CK+) to ten thousand (MELD) examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from engines.features import MAX_FACES, MAX_TOKENS, N_AUDIO_FRAMES, N_MELS
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrontendConfig:
+    """Shared shape of all front-ends; `width` is the channel count of the first block."""
+
+    n_classes: int = 7
+    width: int = 32
+    dim: int = 64  # token dim handed to MoMKE
+    dropout: float = 0.2
+    text_vocab: int = 0  # number of token ids (engines.features.Tokenizer.n_ids); text only
+    text_embed: int = 64
+    audio_norm: str = "window"  # "window": one mean/std per window; "band": per mel band
+    audio_stats: bool = True  # add per-band mean/std of the window to every audio token
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.dim < 1 or not 0 <= self.dropout < 1:
+            raise ValueError(f"invalid front-end config {self}")
+
+
+def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
+    """(B, T, D), (B, T) bool -> (B, D) mean over real tokens (0 where a row has none)."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class _PooledHead(nn.Module):
+    """Statistics pooling (mean and spread over real tokens) + linear: the stand-alone head."""
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(2 * cfg.dim, cfg.n_classes))
+
+    def forward_head(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
+        mean = masked_mean(tokens, token_mask)  # (B, D)
+        spread = masked_mean((tokens - mean.unsqueeze(1)) ** 2, token_mask).add(1e-5).sqrt()
+        return self.head(torch.cat([mean, spread], dim=-1))
+
+
+class AudioFrontend(_PooledHead):
+    """log-mel (B, N_MELS, 198 frames) -> (B, 25, dim): mel bands as channels, 1-D conv in time.
+
+    Each window is standardised by its own mean/std first, so microphone gain shifts less; the
+    overall level is kept as one extra channel because loudness carries arousal.
+    """
+
+    n_frames = N_AUDIO_FRAMES
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        super().__init__(cfg)
+        w, self.norm = cfg.width, cfg.audio_norm
+
+        def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv1d(c_in, c_out, 5, stride=stride, padding=2),
+                                 nn.BatchNorm1d(c_out), nn.GELU())
+
+        self.encoder = nn.Sequential(
+            block(N_MELS + 1, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 2),
+            block(2 * w, 2 * w, 2), nn.Dropout(cfg.dropout), nn.Conv1d(2 * w, cfg.dim, 1),
+        )
+        # Utterance-level spectral statistics (what an MFCC-statistics classifier sees), given
+        # to every token: the conv tokens then only have to model the dynamics on top.
+        self.stats = (nn.Sequential(nn.Linear(2 * (N_MELS + 1), cfg.dim), nn.GELU(),
+                                    nn.Dropout(cfg.dropout), nn.Linear(cfg.dim, cfg.dim))
+                      if cfg.audio_stats else None)
+
+    def forward_features(self, logmel: Tensor) -> tuple[Tensor, Tensor]:
+        # One scalar mean/std per window (not per band): removes microphone gain while keeping
+        # the spectral envelope (timbre, formants), which carries emotion.
+        dims = (2,) if self.norm == "band" else (1, 2)
+        mean = logmel.mean(dim=dims, keepdim=True)  # (B, 1 or N_MELS, 1)
+        std = logmel.std(dim=dims, keepdim=True) + 1e-3
+        level = ((mean.mean(1, keepdim=True) + 8.0) / 4.0).expand(-1, 1, logmel.shape[2])
+        x = torch.cat([(logmel - mean) / std, level], dim=1)  # (B, N_MELS + 1, T)
+        tokens = self.encoder(x).transpose(1, 2)  # (B, T', dim), T' = ceil(T / 8) = 25
+        if self.stats is not None:
+            summary = torch.cat([x.mean(dim=2), x.std(dim=2)], dim=1)  # (B, 2 * (N_MELS + 1))
+            tokens = tokens + self.stats(summary).unsqueeze(1)
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+
+class VideoFrontend(_PooledHead):
+    """Face crops (B, MAX_FACES, 48, 48) + mask -> (B, MAX_FACES, dim): one token per crop."""
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        super().__init__(cfg)
+        w, self.dim = cfg.width, cfg.dim
+
+        def block(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                                 nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+                                 nn.BatchNorm2d(c_out), nn.GELU(), nn.MaxPool2d(2))
+
+        # 48 -> 24 -> 12 -> 6 -> 3, then global average pooling.
+        self.cnn = nn.Sequential(block(1, w), block(w, 2 * w), block(2 * w, 4 * w),
+                                 block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Dropout(cfg.dropout), nn.Linear(4 * w, cfg.dim))
+
+    def forward_features(self, frames: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        b, t, h, w = frames.shape
+        tokens = self.cnn(frames.reshape(b * t, 1, h, w)).reshape(b, t, self.dim)  # (B, T, dim)
+        return tokens, mask
+
+
+class TextFrontend(_PooledHead):
+    """Token ids (B, MAX_TOKENS) + mask -> (B, MAX_TOKENS, dim): embeddings + causal conv.
+
+    A fastText-like bag of word and hashed-bigram embeddings is the core of it; one causal
+    convolution over the sequence adds short-range order (negation) without looking ahead.
+    """
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        super().__init__(cfg)
+        if cfg.text_vocab < 3:
+            raise ValueError("TextFrontend needs text_vocab (Tokenizer.n_ids)")
+        self.embed = nn.Embedding(cfg.text_vocab, cfg.text_embed, padding_idx=0)
+        self.kernel = 3
+        self.conv = nn.Conv1d(cfg.text_embed, cfg.text_embed, self.kernel)
+        self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.text_embed, cfg.dim),
+                                  nn.GELU())
+
+    def forward_features(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        emb = self.embed(ids) * mask.unsqueeze(-1).to(torch.float32)  # (B, T, E)
+        x = emb.transpose(1, 2)  # (B, E, T)
+        x = nn.functional.pad(x, (self.kernel - 1, 0))  # left pad only: causal
+        tokens = emb + torch.relu(self.conv(x)).transpose(1, 2)  # (B, T, E)
+        return self.proj(tokens), mask
+
+
+FRONTENDS: dict[str, type[_PooledHead]] = {
+    "audio": AudioFrontend,
+    "video": VideoFrontend,
+    "text": TextFrontend,
+}
+
+# Raw model-input shapes per modality (batch first), used by export and the backends.
+INPUT_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
+    "audio": {"audio_logmel": (N_MELS, N_AUDIO_FRAMES)},
+    "video": {"video_frames": (MAX_FACES, 48, 48), "video_mask": (MAX_FACES,)},
+    "text": {"text_ids": (MAX_TOKENS,), "text_mask": (MAX_TOKENS,)},
+}
+
+
+def build_frontend(modality: str, cfg: FrontendConfig) -> _PooledHead:
+    return FRONTENDS[modality](cfg)
+
+
+def run_frontend(module: nn.Module, modality: str, inputs: dict[str, Tensor]
+                 ) -> tuple[Tensor, Tensor]:
+    """Call a front-end's forward_features with its named inputs."""
+    if modality == "audio":
+        return module.forward_features(inputs["audio_logmel"])  # type: ignore[operator]
+    if modality == "video":
+        return module.forward_features(inputs["video_frames"], inputs["video_mask"])  # type: ignore[operator]
+    return module.forward_features(inputs["text_ids"], inputs["text_mask"])  # type: ignore[operator]

@@ -1,0 +1,365 @@
+"""Training loops and metrics behind `edge-train-live` (engines.live_train holds the recipe)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engines.backend import pattern_key
+from engines.datasets import LABELS, ModalityData
+from engines.frontends import FrontendConfig, build_frontend, run_frontend
+from engines.live import LiveModel
+from engines.metrics import expected_calibration_error
+
+NEG = -1e4  # logit for a class the sample's dataset does not have
+
+
+# ----------------------------------------------------------------------------------- metrics
+def classification_metrics(labels: np.ndarray, logits: np.ndarray, label_mask: np.ndarray
+                           ) -> dict[str, float]:
+    """Accuracy, UA (mean recall), macro/weighted F1 over the classes the labels contain.
+
+    Predictions are restricted to the dataset's own label space (`label_mask`).
+    """
+    pred = np.where(label_mask[None, :], logits, -np.inf).argmax(1)
+    classes = np.unique(labels)
+    recall, f1, support = [], [], []
+    for c in classes:
+        tp = np.sum((pred == c) & (labels == c))
+        r = tp / max(np.sum(labels == c), 1)
+        p = tp / max(np.sum(pred == c), 1)
+        recall.append(r)
+        f1.append(0.0 if p + r == 0 else 2 * p * r / (p + r))
+        support.append(np.sum(labels == c))
+    w = np.array(support, float) / max(len(labels), 1)
+    return {"accuracy": float(np.mean(pred == labels)), "ua": float(np.mean(recall)),
+            "macro_f1": float(np.mean(f1)), "weighted_f1": float(np.dot(w, f1)),
+            "n": int(len(labels))}
+
+
+def masked_ce(logits: Tensor, labels: Tensor, label_mask: Tensor,
+              weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy over the classes the sample's dataset has; others cannot be negatives."""
+    return F.cross_entropy(logits.masked_fill(~label_mask, NEG), labels, weight=weight)
+
+
+def _tensors(d: ModalityData, idx: np.ndarray, trim: bool = True) -> dict[str, Tensor]:
+    """A batch of one dataset, trimmed to its longest real sequence.
+
+    Trailing padding never changes a causal, masked model's output, so dropping it is exact and
+    saves most of the work on short utterances.
+    """
+    out = {k: torch.from_numpy(v[idx]) for k, v in d.inputs.items()}
+    pairs = (("text_ids", "text_mask"), ("video_frames", "video_mask")) if trim else ()
+    for ids, mask in pairs:
+        if mask in out:
+            keep = max(1, int(out[mask].sum(1).max())) if len(idx) else 1
+            out[ids], out[mask] = out[ids][:, :keep], out[mask][:, :keep]
+    return out
+
+
+# ------------------------------------------------------------------------------ augmentation
+def augment(m: str, x: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
+    """Label-preserving noise; mild, because the sets are small and the signal is subtle."""
+    x = dict(x)
+    if m == "audio":
+        mel = x["audio_logmel"].clone()  # (B, 40, 198)
+        b, n_mel, t = mel.shape
+        for i in range(b):
+            shift = int(torch.randint(-30, 31, (1,), generator=gen))
+            mel[i] = torch.roll(mel[i], shift, dims=1)
+            t0 = int(torch.randint(0, t - 20, (1,), generator=gen))
+            mel[i, :, t0:t0 + int(torch.randint(0, 20, (1,), generator=gen))] = mel[i].mean()
+            f0 = int(torch.randint(0, n_mel - 5, (1,), generator=gen))
+            mel[i, f0:f0 + int(torch.randint(0, 5, (1,), generator=gen))] = mel[i].mean()
+        mel += torch.empty(b, 1, 1).uniform_(-1.0, 1.0, generator=gen)  # gain in log domain
+        x["audio_logmel"] = mel
+    elif m == "video":
+        frames = x["video_frames"].clone()  # (B, T, 48, 48)
+        flip = torch.rand(frames.shape[0], generator=gen) < 0.5
+        frames[flip] = frames[flip].flip(-1)
+        dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
+        frames = torch.roll(frames, (dy, dx), dims=(2, 3))
+        scale = torch.empty(frames.shape[0], 1, 1, 1).uniform_(0.8, 1.2, generator=gen)
+        offset = torch.empty(frames.shape[0], 1, 1, 1).uniform_(-0.3, 0.3, generator=gen)
+        x["video_frames"] = frames * scale + offset
+    else:
+        ids = x["text_ids"].clone()
+        drop = (torch.rand(ids.shape, generator=gen) < 0.1) & x["text_mask"]
+        ids[drop] = 1  # unknown-word id: robustness to ASR errors and unseen words
+        x["text_ids"] = ids
+    return x
+
+
+# ------------------------------------------------------------------------------- front-ends
+def predict_frontend(fe: nn.Module, m: str, d: ModalityData, batch: int = 128) -> np.ndarray:
+    fe.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(d), batch):
+            idx = np.arange(s, min(s + batch, len(d)))
+            tokens, mask = run_frontend(fe, m, _tensors(d, idx))
+            out.append(fe.forward_head(tokens, mask).numpy())  # type: ignore[operator]
+    return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
+
+
+def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityData, *,
+                 epochs: int, lr: float, batch_size: int, weight_decay: float,
+                 select_on: str = "ua", class_weight_power: float = 1.0
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Train front-end + pooled head; keep the epoch with the best validation `select_on`.
+
+    Class weights (n / n_c) ** power: 1 = balanced (UA targets), 0.5 = milder (weighted-F1).
+    """
+    fe = build_frontend(m, fcfg)
+    opt = torch.optim.AdamW(fe.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * max(1, -(-len(train) // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    counts = np.bincount(train.labels, minlength=len(LABELS)).astype(np.float64)
+    ratio = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(LABELS), 0.0)
+    weight = torch.tensor(ratio ** class_weight_power, dtype=torch.float32)
+    label_mask = torch.from_numpy(train.label_mask)[None]
+    gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**31))
+    best: dict[str, Any] = {"ua": -1.0}
+    for epoch in range(1, epochs + 1):
+        fe.train()
+        order = torch.randperm(len(train), generator=gen).numpy()
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            if idx.size < 2:
+                continue  # BatchNorm needs two samples
+            x = augment(m, _tensors(train, idx), gen)
+            tokens, mask = run_frontend(fe, m, x)
+            logits = fe.forward_head(tokens, mask)
+            y = torch.from_numpy(train.labels[idx])
+            loss = masked_ce(logits, y, label_mask.expand(len(idx), -1), weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        val_metrics = classification_metrics(val.labels, predict_frontend(fe, m, val),
+                                             val.label_mask)
+        if val_metrics[select_on] > best["ua"]:
+            best = {"ua": val_metrics[select_on], "epoch": epoch, "metrics": val_metrics,
+                    "state": copy.deepcopy(fe.state_dict())}
+    fe.load_state_dict(best["state"])
+    fe.eval()
+    return fe, {"best_epoch": best["epoch"], "best_val": best["metrics"]}
+
+
+# ------------------------------------------------------------------------------ MoMKE stages
+def encode_all(model: LiveModel, data: dict[str, ModalityData]
+               ) -> dict[str, tuple[Tensor, Tensor]]:
+    """Frozen front-ends -> tokens (n, T, D) and token masks (n, T) for every sample."""
+    out = {}
+    with torch.no_grad():
+        for m in model.cfg.modalities:
+            fe, d = model.frontends[m], data[m]
+            fe.eval()
+            parts = [run_frontend(fe, m, _tensors(d, np.arange(s, min(s + 256, len(d))), False))
+                     for s in range(0, len(d), 256)]
+            out[m] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    return out
+
+
+class TripleSampler:
+    """SYNTHETIC tri-modal samples: one sample per present modality, all with the same label.
+
+    A pattern may only include modalities whose dataset has the label (EmoDB has no surprise,
+    CK+ no neutral); the label mask is the intersection of the present datasets' label sets.
+    """
+
+    def __init__(self, data: dict[str, ModalityData], idx: dict[str, np.ndarray],
+                 modalities: tuple[str, ...]) -> None:
+        self.modalities = modalities
+        self.by_class = {m: {c: idx[m][data[m].labels[idx[m]] == c] for c in range(len(LABELS))}
+                         for m in modalities}
+        self.masks = {m: data[m].label_mask for m in modalities}
+
+    def patterns_for(self, c: int) -> list[tuple[str, ...]]:
+        ok = [m for m in self.modalities if self.by_class[m][c].size]
+        return [p for r in range(1, len(ok) + 1) for p in itertools.combinations(ok, r)]
+
+    def draw(self, rng: np.random.Generator, c: int, pattern: tuple[str, ...]
+             ) -> tuple[dict[str, int], np.ndarray]:
+        picks = {m: int(rng.choice(self.by_class[m][c])) for m in pattern}
+        mask = np.logical_and.reduce([self.masks[m] for m in pattern])
+        return picks, mask
+
+
+def _core_batch(tokens: dict[str, tuple[Tensor, Tensor]], modalities: tuple[str, ...],
+                rows: list[dict[str, int]]) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+    feats, masks = {}, {}
+    present = torch.tensor([[m in r for m in modalities] for r in rows], dtype=torch.bool)
+    for i, m in enumerate(modalities):
+        if not present[:, i].any():
+            continue
+        tok, msk = tokens[m]
+        idx = torch.tensor([r.get(m, 0) for r in rows])
+        mask = msk[idx] & present[:, i, None]
+        keep = max(1, int(mask.sum(1).max()))  # trailing padding: exact to drop (causal, masked)
+        feats[m] = (tok[idx] * present[:, i, None, None])[:, :keep]
+        masks[m] = mask[:, :keep]
+    return feats, masks, present
+
+
+def _mixing_set(sampler: TripleSampler, n_per_pattern: int, seed: int, prior: np.ndarray
+                ) -> list[tuple[dict[str, int], int, np.ndarray]]:
+    """Validation items per availability pattern.
+
+    A single-modality pattern is simply every validation sample of that dataset (real data, its
+    natural label distribution); a multi-modality pattern is `n_per_pattern` SYNTHETIC triples
+    whose labels follow `prior` (restricted to the labels every present dataset has).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for m in sampler.modalities:
+        for c in range(len(LABELS)):
+            out += [({m: int(i)}, c, sampler.masks[m]) for i in sampler.by_class[m][c]]
+    for r in range(2, len(sampler.modalities) + 1):
+        for pattern in itertools.combinations(sampler.modalities, r):
+            classes = [c for c in range(len(LABELS)) if pattern in sampler.patterns_for(c)]
+            if not classes:
+                continue
+            p = prior[classes] / prior[classes].sum()
+            for _ in range(n_per_pattern):
+                c = int(rng.choice(classes, p=p))
+                picks, mask = sampler.draw(rng, c, pattern)
+                out.append((picks, c, mask))
+    return out
+
+
+def _run_core(model: LiveModel, tokens: dict[str, tuple[Tensor, Tensor]],
+              items: list[tuple[dict[str, int], int, np.ndarray]], stage: int = 2
+              ) -> Tensor:
+    model.core.eval()
+    with torch.no_grad():
+        outs = []
+        for s in range(0, len(items), 256):
+            rows = [it[0] for it in items[s:s + 256]]
+            feats, masks, present = _core_batch(tokens, model.cfg.modalities, rows)
+            outs.append(model.core(feats, masks, present, stage=stage).logits)
+    return torch.cat(outs)
+
+
+def train_core(model: LiveModel, data: dict[str, ModalityData],
+               splits: dict[str, tuple[np.ndarray, np.ndarray]], stage1_epochs: int,
+               stage2_epochs: int, *, lr: float, batch_size: int, mixing_samples: int,
+               val_per_pattern: int, seed: int, class_prior: np.ndarray | None = None
+               ) -> dict[str, Any]:
+    """MoMKE stage 1 (own expert per dataset) then stage 2 (mixing on SYNTHETIC triples).
+
+    class_prior: label distribution of the SYNTHETIC training triples (None = uniform).
+    """
+    prior = (np.full(len(LABELS), 1.0 / len(LABELS)) if class_prior is None
+             else np.asarray(class_prior, float) / np.sum(class_prior))
+    for p in model.frontends.parameters():
+        p.requires_grad_(False)
+    tokens = encode_all(model, data)
+    mods = model.cfg.modalities
+    rng = np.random.default_rng(seed)
+    train_s = TripleSampler(data, {m: splits[m][0] for m in mods}, mods)
+    val_s = TripleSampler(data, {m: splits[m][1] for m in mods}, mods)
+    val_items = _mixing_set(val_s, val_per_pattern, seed + 1, prior)
+    single_val = [it for it in val_items if len(it[0]) == 1]
+    core = model.core
+    opt = torch.optim.AdamW(core.parameters(), lr=lr, weight_decay=1e-4)
+
+    def val_score(stage: int, items: list) -> float:
+        logits = _run_core(model, tokens, items, stage).numpy()
+        labels = np.array([it[1] for it in items])
+        pred = np.where(np.stack([it[2] for it in items]), logits, -np.inf).argmax(1)
+        return float(np.mean([np.mean(pred[labels == c] == c) for c in np.unique(labels)]))
+
+    def epochs(stage: int, n_epochs: int, make_batches: Any, items: list) -> dict[str, Any]:
+        best: dict[str, Any] = {"score": -1.0}
+        for epoch in range(1, n_epochs + 1):
+            core.train()
+            for rows, labels, lmask in make_batches():
+                feats, masks, present = _core_batch(tokens, mods, rows)
+                out = core(feats, masks, present, stage=stage)
+                loss = masked_ce(out.logits, labels, lmask)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            score = val_score(stage, items)
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch, "state": copy.deepcopy(core.state_dict())}
+            print(f"  [core stage {stage}] epoch {epoch}: SYNTHETIC val UA {score:.3f}",
+                  flush=True)
+        core.load_state_dict(best["state"])
+        return {"val_ua_synthetic": best["score"], "selected_epoch": best["epoch"]}
+
+    def stage1_batches() -> Any:  # each batch: one dataset, its own modality only
+        jobs = []
+        for m in mods:
+            order = rng.permutation(splits[m][0])
+            jobs += [(m, order[s:s + batch_size]) for s in range(0, order.size, batch_size)]
+        for j in rng.permutation(len(jobs)):
+            m, idx = jobs[j]
+            yield ([{m: int(i)} for i in idx], torch.from_numpy(data[m].labels[idx]),
+                   torch.from_numpy(data[m].label_mask)[None].expand(len(idx), -1))
+
+    def stage2_batches() -> Any:
+        for _ in range(0, mixing_samples, batch_size):
+            rows, labels, lmasks = [], [], []
+            for _ in range(batch_size):
+                c = int(rng.choice(len(LABELS), p=prior))
+                pats = train_s.patterns_for(c)
+                picks, mask = train_s.draw(rng, c, pats[int(rng.integers(len(pats)))])
+                rows.append(picks)
+                labels.append(c)
+                lmasks.append(mask)
+            yield rows, torch.tensor(labels), torch.from_numpy(np.stack(lmasks))
+
+    s1 = epochs(1, stage1_epochs, stage1_batches, single_val)
+    for g in opt.param_groups:
+        g["lr"] = lr / 2  # mixing fine-tunes experts that stage 1 already fitted
+    s2 = epochs(2, stage2_epochs, stage2_batches, val_items)
+    logits = _run_core(model, tokens, val_items).numpy()
+    per_pattern: dict[str, Any] = {}
+    val_logits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    keys = np.array([pattern_key(tuple(it[0])) for it in val_items])
+    labels = np.array([it[1] for it in val_items])
+    lmask = np.stack([it[2] for it in val_items])
+    for key in dict.fromkeys(keys.tolist()):
+        sel = keys == key
+        per_pattern[key] = classification_metrics(labels[sel], logits[sel], lmask[sel].all(0))
+        val_logits[key] = (logits[sel], labels[sel])
+    return {"metrics": {"stage1": s1, "stage2": s2, "val_per_pattern_SYNTHETIC": per_pattern},
+            "val_logits": val_logits}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_temperatures(val_logits: dict[str, tuple[np.ndarray, np.ndarray]]
+                     ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per-pattern temperature minimising NLL over the full label set (grid search).
+
+    Fitted on even-indexed validation triples; ECE (15 bins) before/after is reported on the
+    odd-indexed ones, which the fit did not see.
+    """
+    grid = np.exp(np.linspace(np.log(0.2), np.log(10.0), 200))
+    temps: dict[str, float] = {"": 1.0}
+    report: dict[str, Any] = {}
+    for key, (logits, labels) in val_logits.items():
+        fit_z, fit_y = logits[0::2], labels[0::2]
+        nll = [-np.mean(np.log(_softmax(fit_z / t)[np.arange(len(fit_y)), fit_y] + 1e-12))
+               for t in grid]
+        temps[key] = float(grid[int(np.argmin(nll))])
+        held_z, held_y = logits[1::2], labels[1::2]
+        report[key] = {"temperature": temps[key], "n_heldout": int(len(held_y)),
+                       "ece_before": expected_calibration_error(_softmax(held_z), held_y),
+                       "ece_after": expected_calibration_error(_softmax(held_z / temps[key]),
+                                                               held_y)}
+    return temps, report

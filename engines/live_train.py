@@ -1,0 +1,277 @@
+"""`edge-train-live CONFIG.toml`: the live model's training recipe.
+
+1. Front-ends, each on its own dataset (EmoDB audio, CK+48 faces, MELD text), with a pooled head.
+   Model selection (the epoch) uses validation *groups* held out of the training side only;
+   grouped CV (EmoDB leave-one-speaker-out, CK+ 10-fold by subject) reports per-fold numbers on
+   folds that took no part in any choice. MELD: train minus 10% of its dialogues (validation),
+   reported on dev.
+2. The front-ends are frozen (deliberate: a few hundred clips/faces cannot support fine-tuning
+   through a fusion loss) and every sample is encoded once into tokens.
+3. MoMKE stage 1: each modality's own expert + unimodal head on its own dataset's tokens.
+   MoMKE stage 2 (mixing): SYNTHETIC label-matched triples (one EmoDB clip, one CK+ face, one MELD
+   line with the same product label; no real tri-modal recording exists), an availability
+   pattern sampled per sample among the modalities whose dataset has that label. Everything is
+   trained (experts, routers, fusion) at a lower learning rate; the epoch is selected on
+   SYNTHETIC triples built from the validation groups only.
+4. Temperature per availability pattern fitted on those validation triples (NLL).
+
+A class a dataset lacks is masked out of its loss (logit set to -inf before the softmax).
+Outputs in `out`: live.pt (weights_only checkpoint with model args, tokenizer, temperatures,
+metrics), config.json (resolved), metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.datasets import (
+    LICENCES,
+    ModalityData,
+    featurise,
+    group_kfold,
+    holdout_groups,
+    load_ckplus,
+    load_emodb,
+    load_meld,
+    read_meld_csv,
+    synthetic_windows,
+)
+from engines.features import Tokenizer
+from engines.live import LiveModel, LiveModelConfig, save_live_checkpoint
+from engines.live_fit import (
+    classification_metrics,
+    fit_frontend,
+    fit_temperatures,
+    predict_frontend,
+    train_core,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveTrainConfig:
+    out: str = "runs/live"
+    data: str = "real"  # "real" (data_dir) or "synthetic" (generated; CI / tiny model)
+    data_dir: str = "../shared/data"
+    synthetic_n: int = 96
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)  # LiveModelConfig fields
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    epochs: dict[str, int] = field(default_factory=lambda: {"audio": 60, "video": 40,
+                                                            "text": 12})
+    select_on: dict[str, str] = field(default_factory=lambda: {"audio": "ua", "video": "ua",
+                                                               "text": "weighted_f1"})
+    class_weight_power: dict[str, float] = field(
+        default_factory=lambda: {"audio": 1.0, "video": 1.0, "text": 0.5})
+    cv_folds: dict[str, int] = field(default_factory=lambda: {"audio": 8, "video": 10})
+    run_cv: bool = True  # grouped-CV report per modality (costs one training per fold)
+    val_fraction: float = 0.15  # share of training groups held out for model selection
+    core_stage1_epochs: int = 15
+    core_stage2_epochs: int = 20
+    core_lr: float = 1e-3
+    mixing_samples: int = 6000  # SYNTHETIC triples per stage-2 epoch
+    mixing_val_per_pattern: int = 200  # SYNTHETIC validation triples per availability pattern
+    max_train_minutes: float = 30.0
+    # Label distribution of the SYNTHETIC mixing triples: "uniform", or "text" = the text set's
+    # (MELD train) label frequencies, square-root smoothed: conversation is mostly neutral, and
+    # so is driving; a uniform prior makes a lone text window over-predict rare emotions.
+    mixing_class_prior: str = "uniform"
+    # Reuse the front-ends (and their expert metrics) of an earlier run's live.pt instead of
+    # training them again: for iterating on the mixing stage only.
+    frontends_from: str = ""
+
+    def __post_init__(self) -> None:
+        if self.data not in ("real", "synthetic"):
+            raise ValueError("data must be 'real' or 'synthetic'")
+
+    @classmethod
+    def from_toml(cls, path: Path) -> LiveTrainConfig:
+        with open(path, "rb") as f:
+            return cls(**tomllib.load(f))
+
+
+def load_data(cfg: LiveTrainConfig) -> tuple[dict[str, ModalityData], Tokenizer, list[dict]]:
+    if cfg.data == "synthetic":
+        raw = synthetic_windows(cfg.synthetic_n, seed=cfg.seed)
+        tok = Tokenizer.fit([t for w in raw.windows for t in (w.text or ())], min_count=1,
+                            n_bigram_buckets=64)
+        data = {m: featurise(raw, m, tok) for m in ("audio", "video", "text")}
+        return data, tok, [{"name": "synthetic", "licence": LICENCES["synthetic"],
+                            "use": "all experts + mixing"}]
+    root = Path(cfg.data_dir)
+    meld_train = root / "meld_text" / "train_sent_emo.csv"
+    tok = Tokenizer.fit(read_meld_csv(meld_train)[0], min_count=2)
+    data = {
+        "audio": load_emodb(root / "emodb" / "wav"),
+        "video": load_ckplus(root / "ckplus48"),
+        "text": load_meld({"train": meld_train,
+                           "dev": root / "meld_text" / "dev_sent_emo.csv"}, tok),
+    }
+    sources = [
+        {"name": "EmoDB (8 public speakers, resampled 22.05->16 kHz)", "licence": LICENCES["emodb"],
+         "use": "audio expert"},
+        {"name": "CK+48 (subjects S005-S099)", "licence": LICENCES["ckplus48"],
+         "use": "video expert"},
+        {"name": "MELD train (dev for reporting only)", "licence": LICENCES["meld"],
+         "use": "text expert"},
+        {"name": "SYNTHETIC label-matched triples of the three", "licence": "as its sources",
+         "use": "mixing stage (router, fusion)"},
+    ]
+    return data, tok, sources
+
+
+def class_prior(cfg: LiveTrainConfig, data: dict[str, ModalityData]) -> np.ndarray | None:
+    if cfg.mixing_class_prior == "uniform":
+        return None
+    if cfg.mixing_class_prior != "text":
+        raise ValueError("mixing_class_prior must be 'uniform' or 'text'")
+    d = data["text"]
+    labels = d.labels[d.split != "dev"] if d.split.size else d.labels
+    counts = np.bincount(labels, minlength=int(d.label_mask.size)).astype(float)
+    return np.sqrt(counts)
+
+
+def split_train_val(d: ModalityData, cfg: LiveTrainConfig, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of the training side: val = held-out groups (dialogues for MELD)."""
+    pool = np.flatnonzero(d.split != "dev") if d.split.size else np.arange(len(d))
+    val_mask = holdout_groups(d.groups[pool], cfg.val_fraction, seed)
+    return pool[~val_mask], pool[val_mask]
+
+
+def cross_validate(m: str, d: ModalityData, lm_cfg: LiveModelConfig, cfg: LiveTrainConfig
+                   ) -> dict[str, Any]:
+    """Grouped CV: per outer fold, select the epoch on validation groups of the training side."""
+    folds = group_kfold(d.groups, cfg.cv_folds.get(m, 5))
+    per_fold = []
+    for k, test_idx in enumerate(folds):
+        rest = np.setdiff1d(np.arange(len(d)), test_idx)
+        val_mask = holdout_groups(d.groups[rest], cfg.val_fraction, cfg.seed + k)
+        torch.manual_seed(cfg.seed + k)
+        fe, info = fit_frontend(m, lm_cfg.frontend_config(m), d.take(rest[~val_mask]),
+                                d.take(rest[val_mask]), epochs=cfg.epochs[m], lr=cfg.lr,
+                                batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+                                select_on=cfg.select_on[m],
+                                class_weight_power=cfg.class_weight_power[m])
+        test = d.take(test_idx)
+        logits = predict_frontend(fe, m, test)
+        metrics: dict[str, Any] = classification_metrics(test.labels, logits, d.label_mask)
+        metrics.update(fold=k, test_groups=sorted(set(test.groups.tolist())),
+                       selected_epoch=info["best_epoch"], n=len(test_idx),
+                       val_ua=info["best_val"]["ua"])
+        per_fold.append(metrics)
+        print(f"  [{m}] fold {k}: ua={metrics['ua']:.3f} acc={metrics['accuracy']:.3f} "
+              f"epoch={info['best_epoch']}", flush=True)
+    summary = {key: {"mean": float(np.mean([f[key] for f in per_fold])),
+                     "std": float(np.std([f[key] for f in per_fold]))}
+               for key in ("ua", "accuracy", "macro_f1", "weighted_f1", "val_ua")}
+    return {"protocol": f"grouped {len(folds)}-fold by {'speaker' if m == 'audio' else 'subject'}"
+                        ", epoch selected on held-out training groups", "summary": summary,
+            "folds": per_fold}
+
+
+def train_live(cfg: LiveTrainConfig) -> Path:
+    t0 = time.monotonic()
+    # One thread: the machine is shared, and these small models gain little from more.
+    torch.set_num_threads(1)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    torch.manual_seed(cfg.seed)
+    data, tok, sources = load_data(cfg)
+    lm_cfg = LiveModelConfig(**{**cfg.model, "text_vocab": tok.n_ids})
+    model = LiveModel(lm_cfg)
+    metrics: dict[str, Any] = {"experts": {}}
+    splits = {m: split_train_val(data[m], cfg, cfg.seed) for m in lm_cfg.modalities}
+    if cfg.frontends_from:
+        from engines.live import load_live_checkpoint
+
+        previous, prev_extra = load_live_checkpoint(Path(cfg.frontends_from))
+        model.frontends.load_state_dict(previous.frontends.state_dict())
+        metrics["experts"] = json.loads(prev_extra["metrics_json"])["experts"]
+        metrics["frontends_from"] = cfg.frontends_from
+    for m in lm_cfg.modalities if not cfg.frontends_from else ():
+        d = data[m]
+        if cfg.run_cv and m in cfg.cv_folds:
+            print(f"[{m}] grouped CV on {d.name} ({len(d)} samples)", flush=True)
+            metrics["experts"][m] = {"cv": cross_validate(m, d, lm_cfg, cfg)}
+        tr, va = splits[m]
+        torch.manual_seed(cfg.seed)
+        fe, info = fit_frontend(m, lm_cfg.frontend_config(m), d.take(tr), d.take(va),
+                                epochs=cfg.epochs[m], lr=cfg.lr, batch_size=cfg.batch_size,
+                                weight_decay=cfg.weight_decay, select_on=cfg.select_on[m],
+                                class_weight_power=cfg.class_weight_power[m])
+        model.frontends[m].load_state_dict(fe.state_dict())
+        entry = metrics["experts"].setdefault(m, {})
+        entry["final"] = {"val": info["best_val"], "selected_epoch": info["best_epoch"],
+                          "n_train": int(tr.size), "n_val": int(va.size)}
+        if d.split.size:  # MELD: dev is reported, never used for any choice
+            dev = d.take(np.flatnonzero(d.split == "dev"))
+            entry["dev"] = classification_metrics(dev.labels, predict_frontend(fe, m, dev),
+                                                  d.label_mask)
+        print(f"[{m}] front-end: val {info['best_val']} epoch {info['best_epoch']} "
+              f"{entry.get('dev', '')}", flush=True)
+        if time.monotonic() - t0 > 60 * cfg.max_train_minutes:
+            raise RuntimeError("training exceeded max_train_minutes")
+    core_metrics = train_core(model, data, splits, cfg.core_stage1_epochs, cfg.core_stage2_epochs,
+                              lr=cfg.core_lr, batch_size=cfg.batch_size * 2,
+                              mixing_samples=cfg.mixing_samples,
+                              val_per_pattern=cfg.mixing_val_per_pattern, seed=cfg.seed,
+                              class_prior=class_prior(cfg, data))
+    metrics["core"] = core_metrics["metrics"]
+    temperatures, calibration = fit_temperatures(core_metrics["val_logits"])
+    metrics["calibration_SYNTHETIC"] = calibration
+    extra = {"tokenizer": {"vocab": list(tok.vocab), "n_bigram_buckets": tok.n_bigram_buckets,
+                           "max_tokens": tok.max_tokens},
+             "temperatures": temperatures, "training_data": sources,
+             "config": asdict(cfg), "metrics_json": json.dumps(metrics)}
+    save_live_checkpoint(out / "live.pt", model, extra)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"saved {out / 'live.pt'} in {time.monotonic() - t0:.0f} s", flush=True)
+    return out / "live.pt"
+
+
+def cv_only(cfg: LiveTrainConfig, m: str) -> Path:
+    torch.set_num_threads(1)
+    data, tok, _ = load_data(cfg)
+    lm_cfg = LiveModelConfig(**{**cfg.model, "text_vocab": tok.n_ids})
+    result = cross_validate(m, data[m], lm_cfg, cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"cv_{m}.json").write_text(json.dumps({"config": asdict(cfg), **result}, indent=2))
+    print(json.dumps(result["summary"]))
+    return out / f"cv_{m}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-train-live", description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path, help="TOML with LiveTrainConfig fields")
+    parser.add_argument("--out", help="override the output directory")
+    parser.add_argument("--data-dir", help="override data_dir (../shared/data layout)")
+    parser.add_argument("--cv-only", choices=("audio", "video"),
+                        help="only run one expert's grouped CV and write OUT/cv_<modality>.json")
+    args = parser.parse_args(argv)
+    cfg = LiveTrainConfig.from_toml(args.config)
+    overrides = {k: v for k, v in (("out", args.out), ("data_dir", args.data_dir)) if v}
+    if overrides:
+        cfg = LiveTrainConfig(**{**asdict(cfg), **overrides})
+    if args.cv_only:
+        cv_only(cfg, args.cv_only)
+    else:
+        train_live(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Rebuilds models/live from ../shared/data (or $EDGE_DATA_DIR) on CPU:
+#   grouped CV of the audio (EmoDB, leave-one-speaker-out) and video (CK+48, 10-fold by subject)
+#   experts, the final front-ends (epoch selected on held-out training groups), MoMKE stage 1,
+#   the mixing stage on SYNTHETIC label-matched triples, per-pattern temperatures, ONNX export
+#   with checker + torch/onnxruntime parity, the model card, and the front-end benchmark.
+#   bash models/build_live.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+DATA=${EDGE_DATA_DIR:-../shared/data}
+RUN=${RUN:-runs/live}
+$BIN/edge-train-live configs/live.toml --out "$RUN" --data-dir "$DATA"
+$BIN/edge-export --checkpoint "$RUN/live.pt" --out models/live --data-dir "$DATA"
+cp "$RUN/live.pt" models/live/live.pt   # the torch reference backend loads it
+$BIN/python -m engines.live_card "$RUN" models/live
+$BIN/python bench/bench_frontends.py --model models/live --json models/live/bench_frontends.json

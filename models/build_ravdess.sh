@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Rebuilds models/ravdess from ../shared/data (or $EDGE_DATA_DIR): 6-fold actor-grouped CV of
+# MoMKE and every baseline (hyperparameters chosen per fold on inner validation actors),
+# per-pattern temperatures, the shipped model trained on all 18 actors with the selected
+# hyperparameters, ONNX export with parity checks, and the tables. Runs on CPU.
+#   bash models/build_ravdess.sh            # everything
+#   SKIP_CV=1 bash models/build_ravdess.sh  # reuse runs/ravdess_cv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+DATA=${EDGE_DATA_DIR:-../shared/data}
+NPZ=$DATA/ravdess_features/ravdess_au_mfcc_actors01-18.npz
+VARIANTS="momke momke_no_stage1 momke_no_mixing momke_average_router unimodal_audio unimodal_video late_fusion early_fusion_zero early_fusion_mean"
+if [ -z "${SKIP_CV:-}" ]; then
+  for v in $VARIANTS; do
+    $BIN/edge-train engines/configs/ravdess_cv_$v.toml
+    $BIN/edge-calibrate runs/ravdess_cv/$v
+  done
+fi
+# Final model: the hyperparameters most often selected on the inner validation folds and the
+# median best epochs, trained on all 18 actors (no validation left, so no early stopping).
+$BIN/python -m engines.ravdess_report final-config runs/ravdess_cv/momke runs/ravdess_all.toml
+$BIN/edge-train runs/ravdess_all.toml
+$BIN/python -m engines.feature_export --run runs/ravdess_all/all --ravdess "$NPZ" \
+  --temperatures runs/ravdess_cv/momke/temperatures.json --out models/ravdess
+cp runs/ravdess_all.toml models/ravdess/train_config.toml
+cp runs/ravdess_all/config.resolved.json models/ravdess/config.resolved.json
+cp runs/ravdess_cv/momke/calibrated_metrics.json models/ravdess/cv_calibrated_metrics.json
+$BIN/python -m engines.ravdess_report tables runs/ravdess_cv models/ravdess

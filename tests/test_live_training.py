@@ -1,0 +1,65 @@
+"""Pieces of the live training recipe: label masking, trimming, SYNTHETIC triples, temperature."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engines.datasets import LABELS, featurise, synthetic_windows
+from engines.features import Tokenizer
+from engines.frontends import FrontendConfig, build_frontend, run_frontend
+from engines.live_fit import TripleSampler, _tensors, fit_temperatures, masked_ce
+
+
+def test_a_class_the_dataset_lacks_is_not_a_negative() -> None:
+    logits = torch.zeros(1, len(LABELS), requires_grad=True)
+    mask = torch.ones(1, len(LABELS), dtype=torch.bool)
+    mask[0, LABELS.index("neutral")] = False  # e.g. CK+ has no neutral
+    masked_ce(logits, torch.tensor([LABELS.index("happy")]), mask).backward()
+    assert logits.grad is not None
+    assert logits.grad[0, LABELS.index("neutral")] == 0  # no push-down on the absent class
+    assert logits.grad[0, LABELS.index("sad")] > 0
+
+
+def test_trimming_trailing_padding_is_exact() -> None:
+    raw = synthetic_windows(6, seed=2)
+    tok = Tokenizer.fit([t for w in raw.windows for t in (w.text or ())], min_count=1)
+    d = featurise(raw, "text", tok)
+    fe = build_frontend("text", FrontendConfig(dim=8, text_vocab=tok.n_ids, text_embed=8)).eval()
+    idx = np.arange(len(d))
+    trimmed, full = _tensors(d, idx), _tensors(d, idx, trim=False)
+    assert trimmed["text_ids"].shape[1] < full["text_ids"].shape[1]
+    with torch.no_grad():
+        a = fe.forward_head(*run_frontend(fe, "text", trimmed))  # type: ignore[operator]
+        b = fe.forward_head(*run_frontend(fe, "text", full))  # type: ignore[operator]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_synthetic_triples_match_labels_and_respect_missing_classes() -> None:
+    raw = synthetic_windows(60, seed=4)
+    data = {m: featurise(raw, m, Tokenizer(vocab=("x",))) for m in ("audio", "video", "text")}
+    surprise = LABELS.index("surprise")
+    audio_mask = data["audio"].label_mask.copy()
+    audio_mask[surprise] = False  # like EmoDB
+    data["audio"] = type(data["audio"])(**{**data["audio"].__dict__, "label_mask": audio_mask})
+    keep = {m: np.arange(60) for m in data}
+    keep["audio"] = np.flatnonzero(data["audio"].labels != surprise)
+    sampler = TripleSampler(data, keep, ("audio", "video", "text"))
+    assert all("audio" not in p for p in sampler.patterns_for(surprise))
+    rng = np.random.default_rng(0)
+    for c in range(len(LABELS)):
+        for pattern in sampler.patterns_for(c):
+            picks, mask = sampler.draw(rng, c, pattern)
+            assert set(picks) == set(pattern)
+            assert all(data[m].labels[i] == c for m, i in picks.items())
+            assert mask[c]
+
+
+def test_temperature_fit_softens_an_overconfident_pattern() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 400)
+    logits = rng.standard_normal((400, 7)) * 8.0  # confident and mostly wrong
+    logits[np.arange(400)[:200], labels[:200]] += 12.0  # half right
+    temps, report = fit_temperatures({"audio": (logits, labels)})
+    assert temps[""] == 1.0 and temps["audio"] > 1.5
+    assert report["audio"]["ece_after"] < report["audio"]["ece_before"]

@@ -1,0 +1,107 @@
+"""OnnxBackend / TorchBackend on the tiny model exported by the real CLI (tests/assets)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.backend import MODALITIES, WindowInputs, load_backend, pattern_key
+from engines.datasets import LABELS, synthetic_windows
+from engines.manifest import Manifest, ManifestError
+from engines.onnx_backend import BackendInputError, OnnxBackend, softmax_with_temperature
+
+TINY = Path(__file__).parent / "assets" / "tiny_model"
+SAMPLE = synthetic_windows(3, seed=5).windows[0]
+PATTERNS = [p for r in range(len(MODALITIES) + 1) for p in itertools.combinations(MODALITIES, r)]
+
+
+def _window(pattern: tuple[str, ...]) -> WindowInputs:
+    return WindowInputs(**{m: getattr(SAMPLE, m) for m in pattern})
+
+
+@pytest.fixture(scope="module")
+def onnx_backend() -> OnnxBackend:
+    backend = load_backend(TINY, "onnxruntime")
+    assert isinstance(backend, OnnxBackend)
+    backend.warmup()
+    return backend
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: pattern_key(p) or "none")
+def test_every_pattern_gives_a_distribution_and_router_rows(onnx_backend, pattern) -> None:
+    pred = onnx_backend.predict(_window(pattern))
+    assert onnx_backend.labels == LABELS
+    assert pred.probs.shape == (len(LABELS),) and np.isfinite(pred.probs).all()
+    assert abs(float(pred.probs.sum()) - 1.0) < 1e-5
+    assert pred.used == pattern
+    assert set(pred.router) == set(pattern)
+    for weights in pred.router.values():
+        assert set(weights) == set(MODALITIES)
+        assert abs(sum(weights.values()) - 1.0) < 1e-5
+
+
+def test_all_missing_is_the_learned_prior_whatever_else(onnx_backend) -> None:
+    first = onnx_backend.predict(WindowInputs()).probs
+    again = onnx_backend.predict(WindowInputs()).probs
+    assert np.array_equal(first, again)
+    assert not onnx_backend.predict(WindowInputs()).router
+
+
+def test_an_absent_modality_does_not_influence_the_estimate(onnx_backend) -> None:
+    # Same audio, different (absent) video: identical output, because absent rows are not fed.
+    a = onnx_backend.predict(WindowInputs(audio=SAMPLE.audio)).probs
+    feeds, used = onnx_backend.feeds(WindowInputs(audio=SAMPLE.audio))
+    assert used == ("audio",)
+    assert feeds["video_frames"].shape[0] == 0 and feeds["text_ids"].shape[0] == 0
+    assert np.array_equal(a, onnx_backend.predict(WindowInputs(audio=SAMPLE.audio)).probs)
+    assert not np.allclose(a, onnx_backend.predict(_window(("audio", "video"))).probs)
+
+
+def test_torch_reference_matches_onnxruntime() -> None:
+    ort_b, torch_b = load_backend(TINY, "onnxruntime"), load_backend(TINY, "torch")
+    for pattern in PATTERNS:
+        p_ort = ort_b.predict(_window(pattern))
+        p_torch = torch_b.predict(_window(pattern))
+        assert np.max(np.abs(p_ort.probs - p_torch.probs)) < 1e-4
+        assert p_ort.used == p_torch.used
+
+
+def test_the_pattern_temperature_is_applied(tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(TINY, model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["temperatures"] = {"text": 4.0}
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    hot = OnnxBackend(model_dir)
+    feeds, _ = hot.feeds(_window(("text",)))
+    logits, _ = hot.run_graph(feeds)
+    expected = softmax_with_temperature(logits[0], 4.0)
+    assert np.allclose(hot.predict(_window(("text",))).probs, expected, atol=1e-6)
+    assert not np.allclose(expected, softmax_with_temperature(logits[0], 1.0))
+
+
+@pytest.mark.parametrize("bad", [
+    WindowInputs(audio=np.zeros(100, np.float32)),
+    WindowInputs(video=np.zeros((2, 32, 32), np.uint8)),
+    WindowInputs(text=(b"not str",)),  # type: ignore[arg-type]
+])
+def test_bad_input_is_a_typed_error(onnx_backend, bad) -> None:
+    with pytest.raises(BackendInputError):
+        onnx_backend.predict(bad)
+
+
+def test_broken_model_dirs_are_clear_errors(tmp_path) -> None:
+    with pytest.raises(ManifestError):
+        OnnxBackend(tmp_path)
+    shutil.copytree(TINY, tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.json").unlink()
+    with pytest.raises(ManifestError, match="tokenizer"):
+        OnnxBackend(tmp_path / "m")
+    (tmp_path / "m" / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError):
+        Manifest.load(tmp_path / "m")
