@@ -20,6 +20,7 @@ import argparse
 import faulthandler
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -146,11 +147,15 @@ class Daemon:
     def _poll_timeout_ms(self) -> int:
         if self.event_clock is not None:
             return 50  # time moves with messages only; wake up for housekeeping
-        next_close = self.core.windower.next_close_ns()
-        until_close_ms = 50 if next_close is None else (next_close - self.clock.now_ns()) / 1e6
-        # wake for the next window, and at least every quarter heartbeat for link changes
+        windower = self.core.windower
+        now = self.clock.now_ns()
+        wake = [t for t in (windower.next_precompute_ns(), windower.next_close_ns())
+                if t is not None and t > now]
+        until_ms = (min(wake) - now) / 1e6 if wake else 0
+        # wake for the next precompute and close, and at least every quarter heartbeat for
+        # link changes; round up so the wake-up is not a millisecond early (a busy spin)
         cap = max(1, self.config.watchdog.heartbeat_ms // 4)
-        return int(min(max(until_close_ms, 0), cap))
+        return int(min(math.ceil(until_ms), cap))
 
     def _drain(self) -> None:
         for _ in range(MAX_BATCH):
@@ -186,6 +191,13 @@ class Daemon:
         estimates = self.core.step(self.clock.now_ns())
         if estimates:
             self._last_progress = time.monotonic()
+        self._publish_estimates(estimates)
+        if self.event_clock is None:
+            # Live: run the model for the next window ahead of its close. (On event time,
+            # replay, there is no wall-clock latency to win.)
+            self.core.precompute(self.clock.now_ns())
+
+    def _publish_estimates(self, estimates: list[dict[str, Any]]) -> None:
         for estimate in estimates:
             t_publish = self.clock.now_ns() if self.event_clock else monotonic_ns()
             newest = estimate["newest_frame_ns"]

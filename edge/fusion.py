@@ -77,6 +77,14 @@ def availability(modality: str, link_state: str, n_frames: int) -> str:
     return "empty" if link_state == "empty" else "stale"
 
 
+def _inputs_key(window: Window, used: tuple[str, ...]) -> tuple[Any, ...]:
+    """What decides the model's input for `window`: the used modalities and, for each, its
+    frames' stamps and identities (payloads are never mutated, and an overflowed, late or
+    duplicated frame changes the stamps or the identities)."""
+    return used, tuple(
+        (tuple(window.stamps[m]), tuple(id(p) for p in window.frames[m])) for m in used)
+
+
 def window_inputs(window: Window, used: tuple[str, ...]) -> WindowInputs:
     audio = video = text = None
     if "audio" in used:
@@ -98,6 +106,13 @@ class FusionCore:
         self.rejected: Counter[str] = Counter()  # reason -> count (bad payloads, late, ...)
         self.ignored = 0  # well-formed messages the core has no use for (estimates, ...)
         self.seq = 0
+        # The model's answer for the next window, computed ahead of its close (`precompute`):
+        # (window end, what entered the model, the peeked window that keeps those payloads
+        # alive so their ids stay unique, the prediction). None when there is none.
+        self._ahead: tuple[int, tuple[Any, ...], Window, Prediction] | None = None
+        self._ahead_tried_end_ns: int | None = None
+        self.precompute_hits = 0
+        self.precompute_misses = 0
 
     def ingest(self, envelope: Envelope, now_ns: int) -> None:
         """Take one decoded message. Raises WireError for a frame whose payload is unusable."""
@@ -125,16 +140,53 @@ class FusionCore:
         """Estimates for every window due at `now_ns`, oldest first."""
         return [self.estimate(window) for window in self.windower.due(now_ns)]
 
-    def estimate(self, window: Window) -> dict[str, Any]:
-        avail = {
-            m: availability(m, self.watchdog.state_at(m, window.judged_ns), len(window.frames[m]))
-            for m in self.modalities
-        }
-        used = tuple(m for m in self.modalities if avail[m] == "ok")
-        error = None
-        t_infer = time.perf_counter()
+    def precompute(self, now_ns: int) -> None:
+        """Live only: run the model for the next window on what it holds now, once `now` is
+        within `precompute_ms` of its close, so that at the close (`estimate`) only a check
+        that nothing changed remains. A frame or link change in between makes the close run
+        the model again: the estimate is the same either way, only its latency differs."""
+        due = self.windower.next_precompute_ns()
+        window = self.windower.peek()
+        if due is None or window is None or now_ns < due or now_ns < window.end_ns:
+            return
+        if self._ahead_tried_end_ns == window.end_ns:
+            return  # once per window
+        self._ahead_tried_end_ns = window.end_ns
+        self._ahead = None
+        used = self._used(window, self._availability(window, now_ns))
         try:
             prediction = self.backend.predict(window_inputs(window, used))
+        except Exception:
+            return  # the close runs it again and counts the failure there
+        self._ahead = (window.end_ns, _inputs_key(window, used), window, prediction)
+
+    def _availability(self, window: Window, judged_ns: int) -> dict[str, str]:
+        return {
+            m: availability(m, self.watchdog.state_at(m, judged_ns), len(window.frames[m]))
+            for m in self.modalities
+        }
+
+    def _used(self, window: Window, avail: dict[str, str]) -> tuple[str, ...]:
+        return tuple(m for m in self.modalities if avail[m] == "ok")
+
+    def _predict(self, window: Window, used: tuple[str, ...]) -> tuple[Prediction, bool]:
+        """The model's answer for `used` of `window`, and whether it was computed ahead."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == window.end_ns:
+            if ahead[1] == _inputs_key(window, used):
+                self.precompute_hits += 1
+                return ahead[3], True
+            self.precompute_misses += 1
+        return self.backend.predict(window_inputs(window, used)), False
+
+    def estimate(self, window: Window) -> dict[str, Any]:
+        avail = self._availability(window, window.judged_ns)
+        used = self._used(window, avail)
+        error = None
+        precomputed = False
+        t_infer = time.perf_counter()
+        try:
+            prediction, precomputed = self._predict(window, used)
         except Exception as exc:  # a window the model cannot take must not stop the daemon
             error = f"{type(exc).__name__}: {exc}"[:200]
             self.rejected[f"backend:{type(exc).__name__}"] += 1
@@ -167,6 +219,7 @@ class FusionCore:
             "backend": self.backend.name,
             "error": error,
             "infer_ms": infer_ms,  # the model's share of the latency (measured, not content)
+            "precomputed": precomputed,  # the model ran ahead of the close on these inputs
             "links": self.links(window),
         }
 
@@ -211,6 +264,7 @@ class FusionCore:
             "future": wc.future,
             "overflow": wc.overflow,
             "skipped_windows": wc.skipped_windows,
+            "precompute": {"hits": self.precompute_hits, "misses": self.precompute_misses},
             "rejected": dict(self.rejected),
             "ignored": self.ignored,
         }

@@ -75,6 +75,18 @@ class Windower:
     def next_close_ns(self) -> int | None:
         return None if self._next_end_ns is None else self._next_end_ns + self.lag_ns
 
+    def next_precompute_ns(self) -> int | None:
+        """When the next window's inputs are cut ahead of its close (see `peek`)."""
+        return None if self._next_end_ns is None else self._next_end_ns + self.lag_ns - min(
+            self.config.precompute_ms * MS, self.lag_ns)
+
+    def peek(self) -> Window | None:
+        """The next window to close, as it stands now, without closing it: the frames
+        stamped inside it that have arrived so far (more may arrive before its close)."""
+        if self._next_end_ns is None:
+            return None
+        return self._cut(self._next_end_ns - self.window_ns, self._next_end_ns)
+
     def add(self, modality: str, t_ns: int, payload: Any, now_ns: int) -> str:
         """Buffer one frame; returns "ok", "late", "future" or "ignored" (unknown modality)."""
         buffer = self._buffers.get(modality)
