@@ -9,7 +9,7 @@ telemetry subscriber. Phases:
 1. bare ZeroMQ ipc round trip (PAIR ping-pong with an echo process, 64-byte messages);
 2. steady state for --seconds at real time: per estimate, capture stamp of its newest frame
    -> received here (end to end), received - (window end + lag) ("beyond the lag budget";
-   the daemon runs the model `precompute_ms` ahead of the close and reuses the answer when
+   the daemon runs the model `precompute_after_ms` after the window end and reuses it when
    the window did not change, so inference is mostly off this path),
    and publish -> received (the telemetry wire hop); daemon CPU % of one core and RSS
    sampled every second (slope reported);
@@ -207,7 +207,7 @@ def steady_state(run: Path, model_dir: str, seconds: float) -> dict[str, Any]:
                 "p99": pct(beyond, 99),
                 "max": pct(beyond, 100),
             },
-            # the model's time after the close: ~0 when it ran ahead of it (precompute_ms)
+            # the model's time after the close: ~0 when it ran ahead of it (precompute_after_ms)
             "model_infer_ms": {"p50": pct(infer, 50), "p99": pct(infer, 99)},
             "precomputed_share": round(precomputed / max(len(beyond), 1), 4),
             "beyond_lag_minus_infer_ms": {"p50": pct(overhead, 50), "p99": pct(overhead, 99)},

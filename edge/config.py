@@ -46,12 +46,13 @@ class WindowConfig:
     # Link states are judged as of close - settle_ms: every message stamped before then has
     # had settle_ms to arrive, so live and replay judge the same messages (bit-identical).
     settle_ms: int = 20
-    # Live only: the model runs this long before a window's close on what the window holds
-    # then; at the close its answer is reused if the window's inputs did not change (else the
-    # model runs again). The estimate is the same either way; it just leaves the daemon sooner
-    # after the close. 0 turns it off; keep it above the model's p99 inference time. At most
-    # max_lag_ms (it cannot start before the window's end).
-    precompute_ms: int = 40
+    # Live only: the model runs this long after a window's end, on what the window holds then
+    # (frames stamped before the end have had this long to arrive), and at the close its
+    # answer is reused if the window's inputs did not change (else the model runs again). The
+    # estimate is the same either way; it just leaves the daemon sooner after the close, as
+    # long as inference takes less than max_lag_ms - precompute_after_ms.
+    # A value >= max_lag_ms turns it off.
+    precompute_after_ms: int = 20
     max_future_ms: int = 1000  # frames stamped further ahead of "now" are rejected
     max_catchup_windows: int = 20  # after a clock jump, skip rather than emit a backlog
     max_frames_per_modality: int = 256  # bound on buffered frames per modality
@@ -63,8 +64,8 @@ class WindowConfig:
             raise ConfigError("max_lag_ms and max_future_ms must be >= 0")
         if not 0 <= self.settle_ms <= self.max_lag_ms:
             raise ConfigError("settle_ms must be between 0 and max_lag_ms")
-        if self.precompute_ms < 0:
-            raise ConfigError("precompute_ms must be >= 0")
+        if self.precompute_after_ms < 0:
+            raise ConfigError("precompute_after_ms must be >= 0")
         if self.window_ms % self.hop_ms:
             raise ConfigError("window_ms must be a multiple of hop_ms")
 

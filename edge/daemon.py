@@ -20,7 +20,6 @@ import argparse
 import faulthandler
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -118,7 +117,7 @@ class Daemon:
             while not self.stop_requested:
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
-                if poller.poll(self._poll_timeout_ms()):
+                if self._wait(poller):
                     self._drain()
                 self._step()
                 self._housekeeping()
@@ -144,7 +143,19 @@ class Daemon:
             deadline.cancel()
 
     # -- the loop -------------------------------------------------------------------------
-    def _poll_timeout_ms(self) -> int:
+    def _wait(self, poller: zmq.Poller) -> bool:
+        """Wait for a message or the next timed step; True when messages are waiting."""
+        until_ms = self._until_next_ms()
+        if until_ms >= 1:
+            # zmq_poll counts whole milliseconds: round down, finish the rest below
+            return bool(poller.poll(int(until_ms)))
+        # The last fraction of a millisecond before a close or a precompute: a precise sleep,
+        # so the estimate leaves on time rather than up to a millisecond late.
+        if until_ms > 0:
+            time.sleep(until_ms / 1000)
+        return bool(poller.poll(0))
+
+    def _until_next_ms(self) -> float:
         if self.event_clock is not None:
             return 50  # time moves with messages only; wake up for housekeeping
         windower = self.core.windower
@@ -153,9 +164,8 @@ class Daemon:
                 if t is not None and t > now]
         until_ms = (min(wake) - now) / 1e6 if wake else 0
         # wake for the next precompute and close, and at least every quarter heartbeat for
-        # link changes; round up so the wake-up is not a millisecond early (a busy spin)
-        cap = max(1, self.config.watchdog.heartbeat_ms // 4)
-        return int(min(math.ceil(until_ms), cap))
+        # link changes
+        return min(until_ms, max(1, self.config.watchdog.heartbeat_ms // 4))
 
     def _drain(self) -> None:
         for _ in range(MAX_BATCH):

@@ -142,12 +142,12 @@ class FusionCore:
 
     def precompute(self, now_ns: int) -> None:
         """Live only: run the model for the next window on what it holds now, once `now` is
-        within `precompute_ms` of its close, so that at the close (`estimate`) only a check
+        `precompute_after_ms` past its end, so that at the close (`estimate`) only a check
         that nothing changed remains. A frame or link change in between makes the close run
         the model again: the estimate is the same either way, only its latency differs."""
         due = self.windower.next_precompute_ns()
         window = self.windower.peek()
-        if due is None or window is None or now_ns < due or now_ns < window.end_ns:
+        if due is None or window is None or now_ns < due:
             return
         if self._ahead_tried_end_ns == window.end_ns:
             return  # once per window

@@ -76,9 +76,12 @@ class Windower:
         return None if self._next_end_ns is None else self._next_end_ns + self.lag_ns
 
     def next_precompute_ns(self) -> int | None:
-        """When the next window's inputs are cut ahead of its close (see `peek`)."""
-        return None if self._next_end_ns is None else self._next_end_ns + self.lag_ns - min(
-            self.config.precompute_ms * MS, self.lag_ns)
+        """When the next window's inputs are cut ahead of its close (see `peek`); None when
+        there is no next window or precomputing is off (at or after the close)."""
+        after_ns = self.config.precompute_after_ms * MS
+        if self._next_end_ns is None or after_ns >= self.lag_ns:
+            return None
+        return self._next_end_ns + after_ns
 
     def peek(self) -> Window | None:
         """The next window to close, as it stands now, without closing it: the frames

@@ -16,8 +16,8 @@ from engines.backend import Prediction, WindowInputs, load_backend
 from tests.helpers import MODEL_DIR
 
 MS = 1_000_000
-WINDOW = WindowConfig(window_ms=1000, hop_ms=500, max_lag_ms=100, precompute_ms=40)
-# Window (0.5 s, 1.5 s] closes at 1.6 s; its precompute point is 1.56 s.
+WINDOW = WindowConfig(window_ms=1000, hop_ms=500, max_lag_ms=100, precompute_after_ms=60)
+# Window [0.5 s, 1.5 s) closes at 1.6 s; its precompute point is 1.56 s.
 END, CLOSE, AHEAD = 1500 * MS, 1600 * MS, 1560 * MS
 ALL = ("audio", "video", "text")
 
@@ -92,7 +92,7 @@ def content(estimate: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_precomputed_estimate_equals_the_one_computed_at_the_close(
         backend: CountingBackend) -> None:
-    ahead, plain = make_core(backend), make_core(backend, precompute_ms=0)
+    ahead, plain = make_core(backend), make_core(backend, precompute_after_ms=100)  # off
     for core in (ahead, plain):
         feed = Feed(core)
         feed.until(AHEAD)
