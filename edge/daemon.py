@@ -43,6 +43,10 @@ from engines.backend import Backend, available_backends, load_backend
 
 log = logging.getLogger("edge.daemon")
 MAX_LINK_NAMES = 64  # distinct malformed-link names tracked; the rest count as "other"
+# zmq_poll can wake this much after its timeout (measured here: a 9 ms timeout returned
+# after 13.2 ms, consistently ~4 ms late, a coarse-clock tick); within this margin of a
+# deadline the loop sleeps precisely instead.
+POLL_OVERSHOOT_MS = 5
 MAX_BATCH = 256  # messages handled between two window checks
 ENGINE_BUILD_TIMEOUT_S = 900  # start-up time asked of systemd while a TensorRT engine builds
 
@@ -145,27 +149,27 @@ class Daemon:
     # -- the loop -------------------------------------------------------------------------
     def _wait(self, poller: zmq.Poller) -> bool:
         """Wait for a message or the next timed step; True when messages are waiting."""
-        until_ms = self._until_next_ms()
-        if until_ms >= 1:
-            # zmq_poll counts whole milliseconds: round down, finish the rest below
-            return bool(poller.poll(int(until_ms)))
-        # The last fraction of a millisecond before a close or a precompute: a precise sleep,
-        # so the estimate leaves on time rather than up to a millisecond late.
+        cap_ms = max(1, self.config.watchdog.heartbeat_ms // 4)  # link changes, housekeeping
+        until_ms = self._until_deadline_ms()
+        if until_ms is None or until_ms > cap_ms + POLL_OVERSHOOT_MS:
+            return bool(poller.poll(cap_ms))
+        if until_ms > POLL_OVERSHOOT_MS:
+            return bool(poller.poll(int(until_ms - POLL_OVERSHOOT_MS)))
+        # Close to a window's close or precompute: sleep precisely (messages wait in the
+        # socket meanwhile), so the estimate leaves on time.
         if until_ms > 0:
             time.sleep(until_ms / 1000)
         return bool(poller.poll(0))
 
-    def _until_next_ms(self) -> float:
+    def _until_deadline_ms(self) -> float | None:
+        """Milliseconds to the next window precompute or close (live); None on event time."""
         if self.event_clock is not None:
-            return 50  # time moves with messages only; wake up for housekeeping
+            return None  # time moves with messages only
         windower = self.core.windower
         now = self.clock.now_ns()
-        wake = [t for t in (windower.next_precompute_ns(), windower.next_close_ns())
-                if t is not None and t > now]
-        until_ms = (min(wake) - now) / 1e6 if wake else 0
-        # wake for the next precompute and close, and at least every quarter heartbeat for
-        # link changes
-        return min(until_ms, max(1, self.config.watchdog.heartbeat_ms // 4))
+        due = [t for t in (windower.next_precompute_ns(), windower.next_close_ns())
+               if t is not None]
+        return max(0.0, (min(due) - now) / 1e6) if due else None
 
     def _drain(self) -> None:
         for _ in range(MAX_BATCH):
