@@ -165,9 +165,8 @@ class Daemon:
         """Milliseconds to the next window precompute or close (live); None on event time."""
         if self.event_clock is not None:
             return None  # time moves with messages only
-        windower = self.core.windower
         now = self.clock.now_ns()
-        due = [t for t in (windower.next_precompute_ns(), windower.next_close_ns())
+        due = [t for t in (self.core.next_precompute_ns(), self.core.windower.next_close_ns())
                if t is not None]
         return max(0.0, (min(due) - now) / 1e6) if due else None
 

@@ -140,6 +140,11 @@ class FusionCore:
         """Estimates for every window due at `now_ns`, oldest first."""
         return [self.estimate(window) for window in self.windower.due(now_ns)]
 
+    def next_precompute_ns(self) -> int | None:
+        """When `precompute` has work next; None when it is off or done for the next window."""
+        due = self.windower.next_precompute_ns()
+        return None if self._ahead_tried_end_ns == self.windower.next_end_ns else due
+
     def precompute(self, now_ns: int) -> None:
         """Live only: run the model for the next window on what it holds now, once `now` is
         `precompute_after_ms` past its end, so that at the close (`estimate`) only a check

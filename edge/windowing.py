@@ -68,6 +68,11 @@ class Windower:
             self._next_end_ns = (now_ns // self.hop_ns + 1) * self.hop_ns
 
     @property
+    def next_end_ns(self) -> int | None:
+        """End of the next window to close (None before `start`)."""
+        return self._next_end_ns
+
+    @property
     def closed_until_ns(self) -> int | None:
         """End of the last closed window: frames stamped before it are late."""
         return None if self._next_end_ns is None else self._next_end_ns - self.hop_ns

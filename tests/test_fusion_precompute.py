@@ -98,14 +98,18 @@ def test_a_precomputed_estimate_equals_the_one_computed_at_the_close(
         feed.until(AHEAD)
         assert [e["t_end_ns"] for e in core.step(AHEAD)] == [500 * MS, 1000 * MS]
     backend.runs = 0
+    assert ahead.next_precompute_ns() == AHEAD and plain.next_precompute_ns() is None
     ahead.precompute(AHEAD - 1)
     assert backend.runs == 0, "ran before its precompute point"
     ahead.precompute(AHEAD)
     ahead.precompute(AHEAD + 5 * MS)  # once per window
     assert backend.runs == 1
+    # done for this window: the daemon's loop must not wake up for it again (a busy loop)
+    assert ahead.next_precompute_ns() is None
     (got,) = ahead.step(CLOSE)
     assert backend.runs == 1, "the close ran the model again although nothing changed"
     assert got["precomputed"] is True
+    assert ahead.next_precompute_ns() == END + 500 * MS + 60 * MS  # the next window's
     (want,) = plain.step(CLOSE)
     assert want["precomputed"] is False
     assert got["used"] == ["audio", "video", "text"]
