@@ -102,6 +102,10 @@ class DaemonConfig:
     status_interval_ms: int = 1000
     shutdown_deadline_s: float = 2.0
     estimates_jsonl: str = ""  # also append every estimate to this file
+    # clock = "event" (replay): closed windows run through the model on this many threads at
+    # once when the backend is thread-safe (onnxruntime); estimates are still published in
+    # window order and are the same as with 1 (the model sees each window alone).
+    replay_workers: int = 2
     out_dir: str = ""  # resolved config goes here; "" -> $STATE_DIRECTORY or run_dir
     # CurveZMQ key dir (edge-keys); required when an endpoint is tcp:// (it leaves the device)
     curve_dir: str = ""
@@ -113,7 +117,8 @@ class DaemonConfig:
             raise ConfigError(f"clock must be monotonic|event, got {self.clock!r}")
         _modalities("modalities", self.modalities)
         _modalities("disabled", self.disabled)
-        for name in ("rcv_hwm", "snd_hwm", "max_payload_bytes", "status_interval_ms"):
+        for name in ("rcv_hwm", "snd_hwm", "max_payload_bytes", "status_interval_ms",
+                     "replay_workers"):
             _positive(name, getattr(self, name))
         _positive("shutdown_deadline_s", self.shutdown_deadline_s)
         require_curve_for_tcp((self.ingress, self.telemetry), self.curve_dir)

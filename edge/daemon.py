@@ -25,7 +25,8 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -37,7 +38,7 @@ from edge import config as edge_config
 from edge import keys, wire
 from edge.clock import EventClock, MonotonicClock, monotonic_ns, wall_ns
 from edge.config import DaemonConfig
-from edge.fusion import FusionCore
+from edge.fusion import ClosedWindow, FusionCore, Inference, run_model
 from edge.notify import Notifier
 from engines.backend import Backend, available_backends, load_backend
 
@@ -67,6 +68,12 @@ class Daemon:
         self.event_clock = EventClock() if config.clock == "event" else None
         self.clock = self.event_clock or MonotonicClock()
         self.core = FusionCore(config, backend)
+        # Replay only: the model runs closed windows on worker threads, published in order.
+        self._model_pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[tuple[ClosedWindow, Future[Inference]]] = deque()
+        if (self.event_clock is not None and config.replay_workers > 1
+                and getattr(backend, "thread_safe", False)):
+            self._model_pool = ThreadPoolExecutor(config.replay_workers, "model")
         self.malformed: dict[str, Counter[str]] = {}  # link -> reason -> count
         self.received = 0
         self.published = 0
@@ -135,6 +142,9 @@ class Daemon:
         deadline.start()
         try:
             self.notifier.stopping()
+            if self._model_pool is not None:
+                self._publish_estimates(self._finished(wait_all=True))
+                self._model_pool.shutdown()
             self._publish("status", self.status_doc())
             self.ingress.close(linger=0)
             self.telemetry.close(linger=0)
@@ -150,6 +160,8 @@ class Daemon:
     def _wait(self, poller: zmq.Poller) -> bool:
         """Wait for a message or the next timed step; True when messages are waiting."""
         cap_ms = max(1, self.config.watchdog.heartbeat_ms // 4)  # link changes, housekeeping
+        if self._in_flight:
+            cap_ms = 1  # replay: publish windows as the model finishes them
         until_ms = self._until_deadline_ms()
         if until_ms is None or until_ms > cap_ms + POLL_OVERSHOOT_MS:
             return bool(poller.poll(cap_ms))
@@ -201,7 +213,13 @@ class Daemon:
     def _step(self) -> None:
         if self.event_clock is not None and not self.event_clock.started:
             return  # replay: no time exists before the first event
-        estimates = self.core.step(self.clock.now_ns())
+        if self._model_pool is None:
+            estimates = self.core.step(self.clock.now_ns())
+        else:
+            for closed in self.core.close(self.clock.now_ns()):
+                future = self._model_pool.submit(run_model, self.backend, closed)
+                self._in_flight.append((closed, future))
+            estimates = self._finished()
         if estimates:
             self._last_progress = time.monotonic()
         self._publish_estimates(estimates)
@@ -209,6 +227,19 @@ class Daemon:
             # Live: run the model for the next window ahead of its close. (On event time,
             # replay, there is no wall-clock latency to win.)
             self.core.precompute(self.clock.now_ns())
+
+    def _finished(self, *, wait_all: bool = False) -> list[dict[str, Any]]:
+        """Estimates of the in-flight windows whose model has finished, in window order; waits
+        for the oldest while more than 2 per worker are in flight (the bound), or for all."""
+        bound = 2 * self.config.replay_workers
+        done = []
+        while self._in_flight:
+            closed, future = self._in_flight[0]
+            if not (future.done() or wait_all or len(self._in_flight) > bound):
+                break
+            self._in_flight.popleft()
+            done.append(self.core.finish(closed, future.result()))
+        return done
 
     def _publish_estimates(self, estimates: list[dict[str, Any]]) -> None:
         for estimate in estimates:

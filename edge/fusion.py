@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,45 @@ def availability(modality: str, link_state: str, n_frames: int) -> str:
     return "empty" if link_state == "empty" else "stale"
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClosedWindow:
+    """A window at its close: its frames, each modality's availability and the links' health
+    as judged for it, and the modalities the model is to see."""
+
+    window: Window
+    availability: dict[str, str]
+    used: tuple[str, ...]
+    links: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inference:
+    """The model's answer for one closed window, or why there is none."""
+
+    prediction: Prediction | None  # None: the backend raised (error, error_type say what)
+    error: str | None = None
+    error_type: str = ""
+    infer_ms: float = 0.0  # time spent in the model after the close
+    precomputed: bool = False
+
+
+def run_model(backend: Backend, closed: ClosedWindow) -> Inference:
+    """Run the model on a closed window. Touches nothing but the backend, so a thread-safe
+    backend may run several windows at once (replay); `FusionCore.finish` takes them in order."""
+    started = time.perf_counter()
+    try:
+        prediction = backend.predict(window_inputs(closed.window, closed.used))
+    except Exception as exc:  # counted by finish; the prior is published instead
+        return Inference(prediction=None, error=f"{type(exc).__name__}: {exc}"[:200],
+                         error_type=type(exc).__name__,
+                         infer_ms=(time.perf_counter() - started) * 1000)
+    return Inference(prediction=prediction, infer_ms=(time.perf_counter() - started) * 1000)
+
+
+def _used(avail: dict[str, str]) -> tuple[str, ...]:
+    return tuple(m for m, reason in avail.items() if reason == "ok")
+
+
 def _inputs_key(window: Window, used: tuple[str, ...]) -> tuple[Any, ...]:
     """What decides the model's input for `window`: the used modalities and, for each, its
     frames' stamps and identities (payloads are never mutated, and an overflowed, late or
@@ -138,7 +178,17 @@ class FusionCore:
 
     def step(self, now_ns: int) -> list[dict[str, Any]]:
         """Estimates for every window due at `now_ns`, oldest first."""
-        return [self.estimate(window) for window in self.windower.due(now_ns)]
+        return [self.finish(closed, self.infer(closed)) for closed in self.close(now_ns)]
+
+    def close(self, now_ns: int) -> list[ClosedWindow]:
+        """Close every window due at `now_ns`, oldest first, judging its links. The model has
+        not run yet: `infer` (or `run_model`, on any thread) and then `finish`, in order."""
+        closed = []
+        for window in self.windower.due(now_ns):
+            avail = self._availability(window, window.judged_ns)
+            closed.append(ClosedWindow(window=window, availability=avail,
+                                       used=_used(avail), links=self.links(window)))
+        return closed
 
     def next_precompute_ns(self) -> int | None:
         """When `precompute` has work next; None when it is off or done for the next window."""
@@ -147,9 +197,9 @@ class FusionCore:
 
     def precompute(self, now_ns: int) -> None:
         """Live only: run the model for the next window on what it holds now, once `now` is
-        `precompute_after_ms` past its end, so that at the close (`estimate`) only a check
-        that nothing changed remains. A frame or link change in between makes the close run
-        the model again: the estimate is the same either way, only its latency differs."""
+        `precompute_after_ms` past its end, so that at the close (`infer`) only a check that
+        nothing changed remains. A frame or link change in between makes the close run the
+        model again: the estimate is the same either way, only its latency differs."""
         due = self.windower.next_precompute_ns()
         window = self.windower.peek()
         if due is None or window is None or now_ns < due:
@@ -158,7 +208,7 @@ class FusionCore:
             return  # once per window
         self._ahead_tried_end_ns = window.end_ns
         self._ahead = None
-        used = self._used(window, self._availability(window, now_ns))
+        used = _used(self._availability(window, now_ns))
         try:
             prediction = self.backend.predict(window_inputs(window, used))
         except Exception:
@@ -171,38 +221,29 @@ class FusionCore:
             for m in self.modalities
         }
 
-    def _used(self, window: Window, avail: dict[str, str]) -> tuple[str, ...]:
-        return tuple(m for m in self.modalities if avail[m] == "ok")
-
-    def _predict(self, window: Window, used: tuple[str, ...]) -> tuple[Prediction, bool]:
-        """The model's answer for `used` of `window`, and whether it was computed ahead."""
+    def infer(self, closed: ClosedWindow) -> Inference:
+        """The model's answer for a closed window: the precomputed one if its inputs are
+        unchanged, else the model runs now."""
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == window.end_ns:
-            if ahead[1] == _inputs_key(window, used):
+        if ahead is not None and ahead[0] == closed.window.end_ns:
+            if ahead[1] == _inputs_key(closed.window, closed.used):
                 self.precompute_hits += 1
-                return ahead[3], True
+                return Inference(prediction=ahead[3], precomputed=True)
             self.precompute_misses += 1
-        return self.backend.predict(window_inputs(window, used)), False
+        return run_model(self.backend, closed)
 
-    def estimate(self, window: Window) -> dict[str, Any]:
-        avail = self._availability(window, window.judged_ns)
-        used = self._used(window, avail)
-        error = None
-        precomputed = False
-        t_infer = time.perf_counter()
-        try:
-            prediction, precomputed = self._predict(window, used)
-        except Exception as exc:  # a window the model cannot take must not stop the daemon
-            error = f"{type(exc).__name__}: {exc}"[:200]
-            self.rejected[f"backend:{type(exc).__name__}"] += 1
+    def finish(self, closed: ClosedWindow, inference: Inference) -> dict[str, Any]:
+        """The estimate document of a closed window, given the model's answer."""
+        window, used, error = closed.window, closed.used, inference.error
+        prediction = inference.prediction
+        if prediction is None:  # a window the model cannot take must not stop the daemon
+            self.rejected[f"backend:{inference.error_type}"] += 1
             used = ()
             prediction = self._prior()
-        infer_ms = (time.perf_counter() - t_infer) * 1000
         # what actually entered the model (a model may ignore a modality it was not trained on)
         final_used = tuple(prediction.used) if prediction.used or error else used
         probs = [float(p) for p in np.asarray(prediction.probs, dtype=np.float64)]
         best = int(np.argmax(probs))
-        newest = window.newest_stamp_ns()
         self.seq += 1
         return {
             "seq": self.seq,
@@ -212,7 +253,7 @@ class FusionCore:
             "probs": dict(zip(self.backend.labels, probs, strict=True)),
             "label": self.backend.labels[best],
             "confidence": probs[best],
-            "availability": avail,
+            "availability": closed.availability,
             "used": list(final_used),
             "pattern": pattern_key(final_used),
             "router": {
@@ -220,12 +261,12 @@ class FusionCore:
                 for m, weights in prediction.router.items()
             },
             "frames": {m: len(window.frames[m]) for m in self.modalities},
-            "newest_frame_ns": newest,
+            "newest_frame_ns": window.newest_stamp_ns(),
             "backend": self.backend.name,
             "error": error,
-            "infer_ms": infer_ms,  # the model's share of the latency (measured, not content)
-            "precomputed": precomputed,  # the model ran ahead of the close on these inputs
-            "links": self.links(window),
+            "infer_ms": inference.infer_ms,  # the model's time after the close (not content)
+            "precomputed": inference.precomputed,  # it ran ahead of the close on these inputs
+            "links": closed.links,
         }
 
     def links(self, window: Window) -> dict[str, dict[str, Any]]:

@@ -92,6 +92,9 @@ def _subsets(items: tuple[str, ...], r: int) -> list[tuple[str, ...]]:
 class OnnxBackend(FeaturisingBackend):
     name = "onnxruntime"
     model_file = MODEL_NAME  # the graph in model_dir this backend runs
+    # InferenceSession.run may be called from several threads at once, and featurisation is
+    # pure numpy: the replaying daemon runs windows in parallel (DaemonConfig.replay_workers).
+    thread_safe = True
 
     def __init__(self, model_dir: Path, threads: int | None = None) -> None:
         super().__init__(model_dir)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -20,8 +21,10 @@ from edge import wire
 from edge.clock import monotonic_ns
 from edge.config import DaemonConfig, WatchdogConfig, WindowConfig
 from edge.daemon import Daemon
+from edge.fusion import CONTENT_KEYS
 from edge.notify import Notifier
-from tests.helpers import Subscriber, ToyBackend, short_tmp
+from engines.backend import load_backend
+from tests.helpers import MODEL_DIR, Subscriber, ToyBackend, short_tmp
 
 FAST_WINDOWS = WindowConfig(window_ms=400, hop_ms=200, max_lag_ms=50)
 FAST_WATCHDOG = WatchdogConfig(heartbeat_ms=50, miss_limit=2, stale_ms=400)
@@ -265,3 +268,71 @@ def test_a_backend_error_is_counted_and_the_prior_published(harness: Any) -> Non
     est = h.estimates(run_for(h, 1.0))
     assert est and est[-1]["used"] == [] and "cannot featurise" in est[-1]["error"]
     assert est[-1]["health"]["rejected"]["backend:ValueError"] >= 1
+
+
+class SlowThreadSafeModel:
+    """The real onnxruntime model behind random delays (so later windows often finish first),
+    recording how many windows it ran at once."""
+
+    thread_safe = True
+
+    def __init__(self) -> None:
+        self.inner = load_backend(MODEL_DIR)
+        self.name, self.labels = self.inner.name, self.inner.labels
+        self.lock = threading.Lock()
+        self.running = self.max_running = 0
+
+    def warmup(self) -> None:
+        pass
+
+    def predict(self, inputs: Any) -> Any:
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            time.sleep(random.uniform(0, 0.03))
+            return self.inner.predict(inputs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def replay_estimates(workers: int) -> tuple[list[dict[str, Any]], int]:
+    """6 s of stamped frames sent as fast as possible into an event-clock daemon."""
+    model = SlowThreadSafeModel()
+    with short_tmp() as tmp:
+        h = Harness(tmp, clock="event", replay_workers=workers, backend=model)
+        try:
+            # Until the daemon hears us (PUB drops what it sends before the subscription is
+            # through): a document the daemon counts but ignores, so event time does not start.
+            deadline = time.monotonic() + 10
+            while h.daemon.received == 0:
+                assert time.monotonic() < deadline, "the daemon never received anything"
+                h.pub.send_multipart(wire.json_message(
+                    kind="status", seq=0, t_mono_ns=0, t_wall_ns=0, doc={}), copy=False)
+                time.sleep(0.02)
+            t0 = 1_000_000 * 1_000_000_000
+            for k in range(60):
+                t = t0 + k * 100_000_000
+                h.send("audio", "frame", np.full(1600, 500 + 40 * k, np.int16), t=t - 1)
+                h.send("audio", t=t)
+                h.send("video", "frame", np.full((48, 48), 3 * k, np.uint8), t=t - 2)
+                h.send("video", t=t)
+            estimates = h.estimates(h.sub.collect(3.0))
+        finally:
+            h.close()
+    return estimates, model.max_running
+
+
+@pytest.mark.timeout(30)
+def test_replay_runs_windows_in_parallel_and_publishes_them_in_order_unchanged() -> None:
+    parallel, max_running = replay_estimates(workers=3)
+    serial, serial_running = replay_estimates(workers=1)
+    assert max_running >= 2 and serial_running == 1
+    assert len(parallel) == len(serial) >= 25
+    ends = [e["t_end_ns"] for e in parallel]
+    assert all(b - a == 200_000_000 for a, b in zip(ends, ends[1:], strict=False))
+    assert [e["seq"] for e in parallel] == list(range(1, len(parallel) + 1))
+    content = [{k: e[k] for k in CONTENT_KEYS} for e in parallel]
+    assert content == [{k: e[k] for k in CONTENT_KEYS} for e in serial]
+    assert {e["pattern"] for e in parallel} == {"audio+video"}
