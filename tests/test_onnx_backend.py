@@ -105,3 +105,49 @@ def test_broken_model_dirs_are_clear_errors(tmp_path) -> None:
     (tmp_path / "m" / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError):
         Manifest.load(tmp_path / "m")
+
+
+def _overlapping_windows(n_windows: int = 10) -> list[WindowInputs]:
+    """Windows sliding over one stream of crops as the daemon cuts them (hop = 5 crops), with
+    short (padded), long (subsampled) and crop-less windows among them."""
+    rng = np.random.default_rng(11)
+    crops = rng.integers(0, 255, (5 * n_windows + 40, 48, 48), dtype=np.uint8)
+    audio = (rng.standard_normal(16_000 * 2) * 2000).astype(np.int16)
+    windows = []
+    for k in range(n_windows):
+        n = (20, 7, 33, 20, 0)[k % 5]
+        video = crops[5 * k: 5 * k + n] if n else None
+        windows.append(WindowInputs(audio=audio, video=video, text=("what a day",)))
+    return windows
+
+
+def test_the_crop_cache_gives_the_whole_graphs_answer_and_encodes_each_crop_once() -> None:
+    cached, whole = OnnxBackend(TINY), OnnxBackend(TINY, crop_cache=False)
+    assert cached.crops is not None and cached.status == "video crop cache: on"
+    assert whole.crops is None
+    windows = _overlapping_windows()
+    for window in windows:
+        a, b = cached.predict(window), whole.predict(window)
+        # one crop alone through the encoder is what the whole graph computes for it
+        np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+        for modality, weights in b.router.items():
+            assert a.router[modality] == pytest.approx(weights, abs=1e-6)
+    distinct = {c.tobytes() for w in windows if w.video is not None for c in w.video}
+    # every distinct crop (at most: the subsampled ones skip some) and the padding slot
+    assert cached.crops.misses <= len(distinct) + 1
+    assert cached.crops.hits > cached.crops.misses  # windows overlap: most crops are reused
+
+
+def test_the_crop_cache_is_bounded_and_safe_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = OnnxBackend(TINY)
+    assert backend.crops is not None
+    backend.crops.MAX_CROPS = 16
+    windows = _overlapping_windows(12)
+    serial = [OnnxBackend(TINY).predict(w).probs for w in windows]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda w: backend.predict(w).probs, windows * 3))
+    for i, probs in enumerate(parallel):
+        np.testing.assert_array_equal(probs, serial[i % len(windows)])
+    assert len(backend.crops._tokens) <= 16
