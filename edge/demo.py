@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.record and Path(args.record).exists():  # edge-record never truncates a recording
+        print(f"edge-demo: {args.record} exists; remove it or choose another --record path",
+              file=sys.stderr)
+        return 2
     media: MediaRunner | None = None
     out_dir = Path(args.out or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S"))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,19 @@ heartbeats, estimates and status documents all land in one file, one MCAP channe
 every ``flush_ms``: if the recorder is killed, the file is readable up to its last flushed
 chunk (`edge.wire.iter_recording` reads it as a stream). A clean stop (SIGTERM/SIGINT) writes
 the index and summary, so Foxglove and `mcap info` can seek in it.
+
+An existing file is never truncated by accident (a restarted recorder must not destroy the
+drive it recorded before): by default ``edge-record`` refuses to start (exit 73, EX_CANTCREAT,
+with the reason on stderr); ``--new-file`` records to the next free ``NAME-1.mcap``,
+``NAME-2.mcap``, ... instead (what a supervisor that restarts the recorder wants; the path is
+logged, in the READY status and in the resolved config); ``--overwrite`` replaces the file.
+
+Links that leave the device (tcp) use CurveZMQ like `edge-daemon` / `edge-sensor`
+(``--curve-dir`` from `edge-keys`, ``--curve-key``): a tcp ``--bind`` is a CURVE server with
+the key dir's ``server`` keypair and a ZAP handler admitting only ``authorized/`` keys (the
+sensors' one XPUB socket reaches daemon and recorder with the same server key); a tcp
+``--connect`` (the daemon's telemetry) is a CURVE client with key ``--curve-key``. So each
+role has its own socket. A tcp endpoint without ``--curve-dir`` is a config error (exit 2).
 """
 
 from __future__ import annotations
@@ -20,15 +33,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import zmq
 from mcap.writer import CompressionType, Writer
 
 from edge import config as edge_config
-from edge import schemas, wire
+from edge import keys, schemas, wire
 from edge.clock import monotonic_ns
-from edge.config import ConfigError, default_run_dir
+from edge.config import ConfigError, default_run_dir, require_curve_for_tcp
 from edge.notify import Notifier
 
 log = logging.getLogger("edge.record")
@@ -49,12 +62,20 @@ class RecordConfig:
     # them a recording keeps every video header (timing, seq, state) but no pixels, and a
     # replay reads the camera as "stale".
     video_frames: bool = False
+    # what to do when `out` exists: refuse (default; never truncate a recording), "new"
+    # (record to the next free NAME-1.mcap, NAME-2.mcap, ...) or "overwrite"
+    on_exists: Literal["refuse", "new", "overwrite"] = "refuse"
+    curve_dir: str = ""  # CurveZMQ key dir (edge-keys); required when an endpoint is tcp://
+    curve_key: str = keys.DEFAULT_CLIENT  # client key for tcp --connect (daemon telemetry)
 
     def __post_init__(self) -> None:
         if not self.out:
             raise ConfigError("out is required")
         if self.flush_ms <= 0 or self.chunk_kb <= 0:
             raise ConfigError("flush_ms and chunk_kb must be > 0")
+        if self.on_exists not in ("refuse", "new", "overwrite"):
+            raise ConfigError(f"on_exists must be refuse|new|overwrite, got {self.on_exists!r}")
+        require_curve_for_tcp(self.bind + self.connect, self.curve_dir)
 
     def resolved(self) -> RecordConfig:
         run_dir = self.run_dir or str(default_run_dir())
@@ -66,19 +87,54 @@ class RecordConfig:
         )
 
 
+class RecordingExists(FileExistsError):
+    """`out` holds an earlier recording and the config says not to replace it."""
+
+
+MAX_NEW_FILES = 10_000
+
+
+def open_output(path: Path, on_exists: str) -> tuple[BinaryIO, Path]:
+    """Open the recording file without ever truncating one by accident (O_EXCL, no race).
+
+    Returns the file and the path actually opened (``NAME-k.SUFFIX`` with ``on_exists="new"``
+    when ``path`` exists)."""
+    if on_exists == "overwrite":
+        return open(path, "wb"), path  # noqa: SIM115 - the Recorder closes it
+    candidates = [path]
+    if on_exists == "new":
+        candidates += [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in
+                       range(1, MAX_NEW_FILES)]
+    for candidate in candidates:
+        try:
+            return open(candidate, "xb"), candidate  # noqa: SIM115
+        except FileExistsError:
+            continue
+    if on_exists == "new":
+        raise RecordingExists(f"{path}: no free name up to {candidates[-1].name}")
+    raise RecordingExists(
+        f"{path} exists (an earlier recording); not overwriting it. Pass --overwrite to "
+        f"replace it, --new-file to record to {candidates[0].stem}-1{path.suffix}, "
+        "or choose another --out"
+    )
+
+
 class Recorder:
     def __init__(self, config: RecordConfig, ctx: zmq.Context[Any] | None = None) -> None:
         self.config = config
+        # the file first: a recorder that may not write there binds nothing
+        self._file, self.path = open_output(Path(config.out), config.on_exists)
         self.ctx = ctx or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, config.rcv_hwm)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        for endpoint in config.bind:
-            self.sock.bind(endpoint)
-        for endpoint in config.connect:
-            self.sock.connect(endpoint)
-        self._file = open(config.out, "wb")  # noqa: SIM115 - closed in close()
+        self.authenticator: Any = None
+        try:
+            self.socks = self._sockets(config)
+        except BaseException:
+            self._file.close()
+            if config.on_exists != "overwrite":
+                self.path.unlink(missing_ok=True)  # ours and empty: do not block a retry
+            if self.authenticator is not None:
+                self.authenticator.stop()
+            raise
         self.writer = Writer(
             self._file, chunk_size=config.chunk_kb * 1024, compression=CompressionType.ZSTD
         )
@@ -92,6 +148,34 @@ class Recorder:
         self.stop_requested = False
         self.withheld = 0  # video frames not written (video_frames off)
         self.write_error: str | None = None  # disk full / I/O error: recording stopped
+
+    def _sockets(self, config: RecordConfig) -> list[zmq.Socket[Any]]:
+        """One SUB for the recorder's own ingress (binds: sensors connect) and one for the
+        telemetry (connects): on tcp they are a CURVE server and a CURVE client, two roles a
+        single socket cannot take. Plain ipc keeps one socket, as before."""
+        curve = bool(config.curve_dir) and keys.uses_tcp(config.bind + config.connect)
+        groups = [(config.bind, ()), ((), config.connect)] if curve else [
+            (config.bind, config.connect)]
+        socks = []
+        for bind, connect in groups:
+            if not bind and not connect:
+                continue
+            sock = self.ctx.socket(zmq.SUB)
+            socks.append(sock)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, config.rcv_hwm)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if curve and keys.uses_tcp(bind):
+                if self.authenticator is None:  # admits only curve_dir/authorized keys
+                    self.authenticator = keys.start_authenticator(self.ctx, config.curve_dir)
+                keys.secure_server(sock, config.curve_dir)
+            if curve and keys.uses_tcp(connect):
+                keys.secure_client(sock, config.curve_dir, config.curve_key)
+            for endpoint in bind:
+                sock.bind(endpoint)
+            for endpoint in connect:
+                sock.connect(endpoint)
+        return socks
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested = True
@@ -144,13 +228,16 @@ class Recorder:
     def _loop(self) -> None:
         flush_s = self.config.flush_ms / 1000
         last_flush = started = time.monotonic()
+        poller = zmq.Poller()
+        for sock in self.socks:
+            poller.register(sock, zmq.POLLIN)
         while not self.stop_requested:
             if self.config.seconds and time.monotonic() - started >= self.config.seconds:
                 break
-            if self.sock.poll(min(100, self.config.flush_ms)):
+            for sock, _ in poller.poll(min(100, self.config.flush_ms)):
                 for _ in range(1000):
                     try:
-                        parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self.write(parts)
@@ -159,7 +246,10 @@ class Recorder:
                 last_flush = time.monotonic()
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        for sock in self.socks:
+            sock.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         try:
             if self.write_error is None:
                 self.writer.finish()
@@ -182,6 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--video-frames", action="store_true", help="also record the camera's face crops"
     )
+    exists = parser.add_mutually_exclusive_group()
+    exists.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+    )
+    exists.add_argument(
+        "--new-file", action="store_true",
+        help="if --out exists, record to the next free NAME-1.mcap, NAME-2.mcap, ...",
+    )
+    parser.add_argument("--curve-dir", help="CurveZMQ key dir (edge-keys) for tcp endpoints")
+    parser.add_argument("--curve-key", help="client key name for tcp --connect (default: client)")
     args = parser.parse_args(argv)
     overrides = {
         "out": args.out,
@@ -191,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         "flush_ms": args.flush_ms,
         "seconds": args.seconds,
         "video_frames": args.video_frames or None,
+        "on_exists": "overwrite" if args.overwrite else "new" if args.new_file else None,
+        "curve_dir": args.curve_dir,
+        "curve_key": args.curve_key,
     }
     try:
         config = edge_config.load(
@@ -202,10 +305,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edge-record: {exc}", file=sys.stderr)
         return 2
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    edge_config.write_resolved(config, out.parent, f"{out.stem}.record")
-    recorder = Recorder(config)
+    Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        recorder = Recorder(config)
+    except RecordingExists as exc:
+        print(f"edge-record: {exc}", file=sys.stderr)
+        return 73  # EX_CANTCREAT
+    except (keys.KeyDirError, OSError, zmq.ZMQError) as exc:
+        print(f"edge-record: {exc}", file=sys.stderr)
+        return 2
+    out = recorder.path
+    if out != Path(config.out):
+        log.warning("%s exists: recording to %s instead (--new-file)", config.out, out)
+    edge_config.write_resolved(
+        dataclasses.replace(config, out=str(out)), out.parent, f"{out.stem}.record"
+    )
     signal.signal(signal.SIGTERM, recorder.request_stop)
     signal.signal(signal.SIGINT, recorder.request_stop)
     Notifier().ready(f"recording to {out}")

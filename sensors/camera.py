@@ -13,6 +13,15 @@ Face detection uses the Haar cascade that `opencv-python-headless<5` ships
 runs on a downscaled grayscale copy of the frame (about 4x cheaper at 640x480), the largest
 face wins, and the crop is cut from the full-resolution frame.
 
+A camera that vanishes (USB unplugged, a device node that goes away, an IP camera's stream
+that ends or stops answering) is a device error, not the end of a file: the grab thread stops,
+`read` raises `SensorError`, and the capture thread (`sensors.capture.CaptureThread`) closes
+it and calls `connect` again with bounded exponential backoff (``reconnect_min_ms`` ..
+``reconnect_max_ms``) until it is back; ``errors`` / ``reconnect_attempts`` / ``reconnects``
+count it and ``last_error`` says why. Only a regular file that ends is "finished". While it is
+gone the process keeps heartbeating (the link stays up, the daemon reads the camera as
+``stale``: alive, no frames; never ``empty``, which means "working, no face in view").
+
 File playback: with `replay_t0_ns` set, frame k counts as captured at t0 + k/fps and is
 released at that time (a file decodes far faster than real time); a sensor (re)started late
 seeks to where the drive is now, as a camera that was unplugged would not show the past.
@@ -20,7 +29,9 @@ seeks to where the drive is now, as a camera that was unplugged would not show t
 
 from __future__ import annotations
 
+import os
 import queue
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -116,7 +127,11 @@ class CameraSensor(Sensor):
         self._thread: threading.Thread | None = None
         self._error: str | None = None
         self.finished = False  # a file played to its end
-        self.counters = {"frames": 0, "faces": 0, "no_face": 0, "dropped": 0, "skipped": 0}
+        self.counters = {"frames": 0, "faces": 0, "no_face": 0, "dropped": 0, "skipped": 0,
+                         "errors": 0, "reconnect_attempts": 0, "reconnects": 0}
+        self.last_error = ""
+        self._failed = False  # the device failed or did not open: the next connect retries it
+        self._source_is_file = False
         self._fps_window: list[int] = []  # recent frame stamps for a measured frame rate
         self.file_fps = 0.0
         self._privacy = PrivacySwitch(cfg.privacy_file)
@@ -132,9 +147,17 @@ class CameraSensor(Sensor):
         src: int | str = int(self.cfg.source) if self.cfg.source.isdigit() else self.cfg.source
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.cfg.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.open_timeout_s * 1000)]
+        if self._failed:
+            self.counters["reconnect_attempts"] += 1
         cap = cv2.VideoCapture(src, cv2.CAP_ANY, params)
         if not cap.isOpened():
-            raise SensorError(f"cannot open camera source {self.cfg.source!r}")
+            cap.release()
+            self._fail(f"cannot open camera source {self.cfg.source!r}")
+            raise SensorError(self.last_error)
+        if self._failed:
+            self.counters["reconnects"] += 1
+            self._failed = False
+        self._source_is_file = self._regular_file()
         self._cap = cap
         self._cropper = FaceCropper(self.cfg)
         self.file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -174,8 +197,14 @@ class CameraSensor(Sensor):
             return self._queue.get(timeout=max(0.0, timeout_s))
         except queue.Empty:
             if self._error is not None:
+                self._fail(self._error)
                 raise SensorError(self._error) from None
             return None
+
+    def _fail(self, reason: str) -> None:
+        self.counters["errors"] += 1
+        self.last_error = reason
+        self._failed = True
 
     # -- counters ---------------------------------------------------------------------
     def fps(self) -> float:
@@ -208,9 +237,9 @@ class CameraSensor(Sensor):
         while not self._stop.is_set():
             ok, frame = cap.read()
             if not ok:
-                if t0 is not None or self._is_file():
-                    self.finished = True
-                else:
+                if self._is_file():
+                    self.finished = True  # a recorded drive played to its end
+                else:  # unplugged, stream gone or silent past the read timeout: reconnect
                     self._error = f"camera {self.cfg.source!r} stopped delivering frames"
                 return
             if t0 is not None:
@@ -232,8 +261,17 @@ class CameraSensor(Sensor):
             self._publish(cropper.crop(frame), stamp)
 
     def _is_file(self) -> bool:
+        """A regular file (a recorded video), not a device index, device node or stream."""
+        return self._source_is_file
+
+    def _regular_file(self) -> bool:
         src = self.cfg.source
-        return not src.isdigit() and "://" not in src
+        if src.isdigit() or "://" in src:
+            return False
+        try:
+            return stat.S_ISREG(os.stat(src).st_mode)  # /dev/video0 is a character device
+        except OSError:
+            return False
 
     def _publish(self, crop: np.ndarray | None, stamp_ns: int) -> None:
         self.counters["frames"] += 1

@@ -10,7 +10,9 @@ A capture process is one `Sensor` + this module:
   frame and a heartbeat every ``heartbeat_ms`` *even when it has nothing to send*, with the
   state the sensor last reported (ok / empty / disabled). A capture thread stuck inside a
   live process therefore still heartbeats, and the daemon sees it as ``stale`` from the frame
-  age; a dead process stops heartbeating and turns ``dead``.
+  age; a dead process stops heartbeating and turns ``dead``. While the read thread is
+  reconnecting after a device error the heartbeat says ``ok`` (alive, no frames: ``stale``),
+  not the last sample's ``empty``: a camera that is gone is not a camera that sees no face.
 
 The publisher is an XPUB socket that *connects* to the daemon's (and recorder's) ingress
 endpoints: XPUB lets us wait until N subscribers have joined before the first frame, so a
@@ -117,6 +119,9 @@ class CaptureThread(threading.Thread):
         self.stop_event = threading.Event()
         self.errors = 0
         self.reads = 0
+        # False from a device error until the next sample: the heartbeat then stops repeating
+        # the last sample's state (an unplugged camera is not "empty", i.e. no face in view)
+        self.device_ok = True
 
     def run(self) -> None:
         backoff_ms = self.config.reconnect_min_ms
@@ -132,6 +137,7 @@ class CaptureThread(threading.Thread):
                 backoff_ms = self.config.reconnect_min_ms
             except Exception as exc:  # a backend bug must not kill the heartbeat: reconnect
                 self.errors += 1
+                self.device_ok = False
                 kind = "device error" if isinstance(exc, SensorError) else "backend bug"
                 log.warning(
                     "%s on %s: %s; retry in %d ms", kind, self.sensor.modality, exc, backoff_ms
@@ -143,6 +149,7 @@ class CaptureThread(threading.Thread):
                 backoff_ms = min(2 * backoff_ms, self.config.reconnect_max_ms)
                 continue
             if sample is not None:
+                self.device_ok = True
                 self.buffer.put(sample)
         if connected:
             self._close()
@@ -255,7 +262,9 @@ def run_capture(
                     )
             now = monotonic_ns()
             if now >= next_hb:
-                publisher.send("heartbeat", t_mono_ns=now, t_wall_ns=wall_ns(), state=state)
+                # device down (reconnecting): alive, no frames -> the daemon reads "stale"
+                hb_state = state if reader is None or reader.device_ok else "ok"
+                publisher.send("heartbeat", t_mono_ns=now, t_wall_ns=wall_ns(), state=hb_state)
                 # keep the cadence, but after a long pause (SIGSTOP) restart it from now
                 next_hb = next_hb + hb_ns if now - next_hb < hb_ns else now + hb_ns
             publisher.poll_subscriptions()
