@@ -32,6 +32,39 @@ def _fmt(summary: dict[str, Any], key: str) -> str:
     return f"{summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}"
 
 
+def _bench_lines(model_dir: Path) -> list[str]:
+    """Front-end cost table from bench/bench_frontends.py's JSON in the model dir, if present."""
+    path = model_dir / "bench_frontends.json"
+    if not path.is_file():
+        return []
+    b = json.loads(path.read_text())
+    pats = b["patterns"]
+    lines = ["", "## Front-end cost (ms per window, batch 1, onnxruntime CPU, "
+             f"{b['threads']} thread)", "",
+             f"`bench/bench_frontends.py`: median of repeated runs on a "
+             f"{b.get('cpu_count', '?')}-core {b['machine']} machine (1-min load average "
+             f"{b.get('load_avg_1min_before', 0):.1f}"
+             " while measured: shared, so upper bounds). front-end = featurise + graph with only"
+             " that modality present - graph with nothing present (the MoMKE core's fixed cost, "
+             f"{pats['none']['graph']['median_ms']:.2f} ms). Video: {b['faces_per_window']} face "
+             "crops per window (face detection is the sensor's, not counted here).", "",
+             "| modality | numpy featurise | graph (this modality only) | front-end |",
+             "|---|---|---|---|"]
+    for m in ("audio", "video", "text"):
+        if m in pats:
+            r = pats[m]
+            fe = r["frontend_ms"]
+            fe_s = f"{fe:.2f}" if fe >= 0.1 else "< 0.1 (below timer noise)"
+            lines.append(f"| {m} | {r['featurise']['median_ms']:.2f} | "
+                         f"{r['graph']['median_ms']:.2f} | {fe_s} |")
+    full = next((k for k in pats if k.count("+") == 2), None)
+    if full:
+        lines.append(f"\nAll three present: graph {pats[full]['graph']['median_ms']:.2f} ms, "
+                     f"backend predict (featurise + graph + temperature) "
+                     f"{pats[full]['predict']['median_ms']:.2f} ms.")
+    return lines
+
+
 def card(run: Path, model_dir: Path) -> str:
     metrics = json.loads((run / "metrics.json").read_text())
     manifest = Manifest.load(model_dir)
@@ -101,6 +134,7 @@ def card(run: Path, model_dir: Path) -> str:
             lines.append(f"| {key} | {r['n']} | {r['accuracy']:.3f} | {r['ua']:.3f} | {ece} |")
         lines += ["", "ECE (15 bins) is measured on the odd-indexed validation triples; the "
                   "temperatures were fitted on the even-indexed ones."]
+    lines += _bench_lines(model_dir)
     lines += ["", "## Export", f"- torch vs onnxruntime max abs diff "
               f"{manifest.parity.get('max_abs_diff', float('nan')):.2e} (tolerance "
               f"{manifest.parity.get('tolerance')}) over "

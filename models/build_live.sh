@@ -13,5 +13,5 @@ RUN=${RUN:-runs/live}
 $BIN/edge-train-live configs/live.toml --out "$RUN" --data-dir "$DATA"
 $BIN/edge-export --checkpoint "$RUN/live.pt" --out models/live --data-dir "$DATA"
 cp "$RUN/live.pt" models/live/live.pt   # the torch reference backend loads it
-$BIN/python -m engines.live_card "$RUN" models/live
 $BIN/python bench/bench_frontends.py --model models/live --json models/live/bench_frontends.json
+$BIN/python -m engines.live_card "$RUN" models/live
