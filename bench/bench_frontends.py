@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         text=("I can't believe you did that again, seriously",))
     results: dict[str, Any] = {"model": str(args.model), "threads": args.threads,
                                "faces_per_window": args.faces, "machine": platform.processor()
-                               or platform.machine(), "patterns": {}}
+                               or platform.machine(), "cpu_count": os.cpu_count(),
+                               "load_avg_1min_before": os.getloadavg()[0], "patterns": {}}
     none_feeds = featurise_windows([WindowInputs()], backend.modalities, backend.tokenizer)
     core = _time_ms(lambda: backend.run_graph(none_feeds), args.repeats)
     results["patterns"]["none"] = {"graph": core}
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     results["patterns"]["+".join(backend.modalities)] = {
         "graph": _time_ms(lambda: backend.run_graph(all_feeds), args.repeats),
         "predict": _time_ms(lambda: backend.predict(full), args.repeats)}
+    results["load_avg_1min_after"] = os.getloadavg()[0]  # shared machine: context for the ms
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"{'pattern':<18}{'featurise ms':>14}{'graph ms':>10}{'front-end ms':>14}")

@@ -33,10 +33,15 @@ class FrontendConfig:
     text_embed: int = 64
     audio_norm: str = "window"  # "window": one mean/std per window; "band": per mel band
     audio_stats: bool = True  # add per-band mean/std of the window to every audio token
+    # Face branches: "cnn" (learned), "hog" (fixed histogram-of-oriented-gradients features +
+    # linear map, in-graph), "cnn+hog" (their sum per crop token).
+    video_branches: str = "cnn"
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.dim < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"invalid front-end config {self}")
+        if self.video_branches not in ("cnn", "hog", "cnn+hog"):
+            raise ValueError("video_branches must be 'cnn', 'hog' or 'cnn+hog'")
 
 
 def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
@@ -100,6 +105,48 @@ class AudioFrontend(_PooledHead):
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
 
+class HOG(nn.Module):
+    """Histogram of oriented gradients as fixed tensor ops (exports to ONNX, no atan2).
+
+    (N, 1, 48, 48) -> (N, 900): 9 unsigned orientation bins, 8x8-pixel cells, 2x2-cell blocks
+    with stride one cell, L2-Hys block normalisation (the layout of cv2.HOGDescriptor((48, 48),
+    (16, 16), (8, 8), (8, 8), 9)). Orientation binning is soft: bin k gets the gradient
+    magnitude times relu(cos(2 (theta - phi_k)))^4, computed from the double-angle identities
+    cos 2theta = (gx^2 - gy^2) / |g|^2 and sin 2theta = 2 gx gy / |g|^2.
+    """
+
+    n_bins, cell = 9, 8
+    kernels: Tensor
+    cos2phi: Tensor
+    sin2phi: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        k = torch.tensor([[0.0, 0.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        self.register_buffer("kernels", torch.stack([k, k.t()])[:, None])  # (2, 1, 3, 3)
+        phi = torch.arange(self.n_bins, dtype=torch.float32) * torch.pi / self.n_bins
+        self.register_buffer("cos2phi", torch.cos(2 * phi).view(1, -1, 1, 1))
+        self.register_buffer("sin2phi", torch.sin(2 * phi).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"),
+                                 self.kernels)  # (N, 2, H, W): gx, gy
+        gx, gy = g[:, :1], g[:, 1:]
+        # clamp, not "+ eps": the ONNX exporter's optimiser drops an added 1e-8 as a no-op,
+        # which turns flat regions (and empty face slots) into 0/0 = NaN in onnxruntime.
+        mag2 = (gx * gx + gy * gy).clamp(min=1e-6)
+        mag = mag2.sqrt()
+        cos2, sin2 = (gx * gx - gy * gy) / mag2, 2 * gx * gy / mag2  # (N, 1, H, W)
+        align = torch.relu(cos2 * self.cos2phi + sin2 * self.sin2phi)  # (N, 9, H, W)
+        cells = nn.functional.avg_pool2d(mag * align ** 4, self.cell)  # (N, 9, 6, 6)
+        blocks = torch.cat([cells[:, :, :-1, :-1], cells[:, :, 1:, :-1],
+                            cells[:, :, :-1, 1:], cells[:, :, 1:, 1:]], dim=1)  # (N, 36, 5, 5)
+        blocks = blocks / blocks.pow(2).sum(1, keepdim=True).clamp(min=1e-4).sqrt()
+        blocks = blocks.clamp(max=0.2)
+        blocks = blocks / blocks.pow(2).sum(1, keepdim=True).clamp(min=1e-4).sqrt()
+        return blocks.flatten(1)  # (N, 900)
+
+
 class VideoFrontend(_PooledHead):
     """Face crops (B, MAX_FACES, 48, 48) + mask -> (B, MAX_FACES, dim): one token per crop."""
 
@@ -113,14 +160,21 @@ class VideoFrontend(_PooledHead):
                                  nn.BatchNorm2d(c_out), nn.GELU(), nn.MaxPool2d(2))
 
         # 48 -> 24 -> 12 -> 6 -> 3, then global average pooling.
-        self.cnn = nn.Sequential(block(1, w), block(w, 2 * w), block(2 * w, 4 * w),
-                                 block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Dropout(cfg.dropout), nn.Linear(4 * w, cfg.dim))
+        self.cnn = (nn.Sequential(block(1, w), block(w, 2 * w), block(2 * w, 4 * w),
+                                  block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Dropout(cfg.dropout), nn.Linear(4 * w, cfg.dim))
+                    if "cnn" in cfg.video_branches else None)
+        self.hog = (nn.Sequential(HOG(), nn.Dropout(cfg.dropout), nn.Linear(900, cfg.dim))
+                    if "hog" in cfg.video_branches else None)
 
     def forward_features(self, frames: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         b, t, h, w = frames.shape
-        tokens = self.cnn(frames.reshape(b * t, 1, h, w)).reshape(b, t, self.dim)  # (B, T, dim)
-        return tokens, mask
+        x = frames.reshape(b * t, 1, h, w)  # (B*T, 1, 48, 48): one crop per row
+        tokens = self.cnn(x) if self.cnn is not None else None  # (B*T, dim)
+        if self.hog is not None:
+            tokens = self.hog(x) if tokens is None else tokens + self.hog(x)
+        assert tokens is not None
+        return tokens.reshape(b, t, self.dim), mask  # (B, T, dim)
 
 
 class TextFrontend(_PooledHead):

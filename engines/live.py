@@ -38,6 +38,7 @@ class LiveModelConfig:
     text_embed: int = 64
     audio_norm: str = "window"
     audio_stats: bool = True
+    video_branches: str = "cnn"  # FrontendConfig.video_branches
     momke: dict[str, Any] = field(default_factory=dict)  # MoMKEConfig kwargs beyond the shapes
 
     def __post_init__(self) -> None:
@@ -50,7 +51,8 @@ class LiveModelConfig:
         return FrontendConfig(n_classes=len(self.labels), width=self.frontend_width[modality],
                               dim=self.token_dim, dropout=self.frontend_dropout,
                               text_vocab=self.text_vocab, text_embed=self.text_embed,
-                              audio_norm=self.audio_norm, audio_stats=self.audio_stats)
+                              audio_norm=self.audio_norm, audio_stats=self.audio_stats,
+                              video_branches=self.video_branches)
 
     def momke_config(self) -> MoMKEConfig:
         return MoMKEConfig(modalities=self.modalities, n_classes=len(self.labels),

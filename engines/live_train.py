@@ -23,6 +23,7 @@ metrics), config.json (resolved), metrics.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -86,7 +87,12 @@ class LiveTrainConfig:
     # Label distribution of the SYNTHETIC mixing triples: "uniform", or "text" = the text set's
     # (MELD train) label frequencies, square-root smoothed: conversation is mostly neutral, and
     # so is driving; a uniform prior makes a lone text window over-predict rare emotions.
+    # "select": train the mixing stage once per candidate in `mixing_prior_candidates` and keep
+    # the one with the best text-only weighted-F1 on the MELD *train* validation dialogues
+    # (grouped by dialogue, the same held-out dialogues as the text front-end's); MELD dev is
+    # never looked at for this choice.
     mixing_class_prior: str = "uniform"
+    mixing_prior_candidates: tuple[str, ...] = ("uniform", "text")
     # Reuse the front-ends (and their expert metrics) of an earlier run's live.pt instead of
     # training them again: for iterating on the mixing stage only.
     frontends_from: str = ""
@@ -94,6 +100,12 @@ class LiveTrainConfig:
     def __post_init__(self) -> None:
         if self.data not in ("real", "synthetic"):
             raise ValueError("data must be 'real' or 'synthetic'")
+        object.__setattr__(self, "mixing_prior_candidates", tuple(self.mixing_prior_candidates))
+        priors = ("uniform", "text")
+        if self.mixing_class_prior not in (*priors, "select") or not set(
+                self.mixing_prior_candidates) <= set(priors) or not self.mixing_prior_candidates:
+            raise ValueError("mixing_class_prior must be 'uniform', 'text' or 'select' "
+                             "(candidates from 'uniform', 'text')")
 
     @classmethod
     def from_toml(cls, path: Path) -> LiveTrainConfig:
@@ -131,10 +143,10 @@ def load_data(cfg: LiveTrainConfig) -> tuple[dict[str, ModalityData], Tokenizer,
     return data, tok, sources
 
 
-def class_prior(cfg: LiveTrainConfig, data: dict[str, ModalityData]) -> np.ndarray | None:
-    if cfg.mixing_class_prior == "uniform":
+def class_prior(name: str, data: dict[str, ModalityData]) -> np.ndarray | None:
+    if name == "uniform":
         return None
-    if cfg.mixing_class_prior != "text":
+    if name != "text":
         raise ValueError("mixing_class_prior must be 'uniform' or 'text'")
     d = data["text"]
     labels = d.labels[d.split != "dev"] if d.split.size else d.labels
@@ -224,11 +236,7 @@ def train_live(cfg: LiveTrainConfig) -> Path:
               f"{entry.get('dev', '')}", flush=True)
         if time.monotonic() - t0 > 60 * cfg.max_train_minutes:
             raise RuntimeError("training exceeded max_train_minutes")
-    core_metrics = train_core(model, data, splits, cfg.core_stage1_epochs, cfg.core_stage2_epochs,
-                              lr=cfg.core_lr, batch_size=cfg.batch_size * 2,
-                              mixing_samples=cfg.mixing_samples,
-                              val_per_pattern=cfg.mixing_val_per_pattern, seed=cfg.seed,
-                              class_prior=class_prior(cfg, data))
+    core_metrics = train_mixing(model, data, splits, cfg)
     metrics["core"] = core_metrics["metrics"]
     temperatures, calibration = fit_temperatures(core_metrics["val_logits"])
     metrics["calibration_SYNTHETIC"] = calibration
@@ -240,6 +248,49 @@ def train_live(cfg: LiveTrainConfig) -> Path:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"saved {out / 'live.pt'} in {time.monotonic() - t0:.0f} s", flush=True)
     return out / "live.pt"
+
+
+def train_mixing(model: LiveModel, data: dict[str, ModalityData],
+                 splits: dict[str, tuple[np.ndarray, np.ndarray]], cfg: LiveTrainConfig
+                 ) -> dict[str, Any]:
+    """MoMKE stages 1 + 2 with the configured mixing prior, or the selected one ("select").
+
+    Selection: every candidate starts from the same initial core weights and seed; the score is
+    the text-only pattern's weighted-F1 on the MELD-train validation dialogues (`splits`), the
+    metric the text target is stated in. Without text in the model, the mean SYNTHETIC
+    validation UA decides.
+    """
+    names = (cfg.mixing_prior_candidates if cfg.mixing_class_prior == "select"
+             else (cfg.mixing_class_prior,))
+    init = copy.deepcopy(model.core.state_dict())
+    best: dict[str, Any] | None = None
+    scores: dict[str, Any] = {}
+    for name in names:
+        model.core.load_state_dict(init)
+        torch.manual_seed(cfg.seed)
+        result = train_core(model, data, splits, cfg.core_stage1_epochs,
+                            cfg.core_stage2_epochs, lr=cfg.core_lr,
+                            batch_size=cfg.batch_size * 2, mixing_samples=cfg.mixing_samples,
+                            val_per_pattern=cfg.mixing_val_per_pattern, seed=cfg.seed,
+                            class_prior=class_prior(name, data))
+        per_pattern = result["metrics"]["val_per_pattern_SYNTHETIC"]
+        score = (per_pattern["text"]["weighted_f1"] if "text" in per_pattern
+                 else float(np.mean([r["ua"] for r in per_pattern.values()])))
+        scores[name] = {"selection_score": score,
+                        "val_ua_synthetic_per_pattern": {k: r["ua"]
+                                                         for k, r in per_pattern.items()}}
+        print(f"[mixing prior {name}] selection score (text wF1 on MELD-train val dialogues) "
+              f"{score:.4f}", flush=True)
+        if best is None or score > best["score"]:
+            best = {"score": score, "name": name, "result": result,
+                    "state": copy.deepcopy(model.core.state_dict())}
+    assert best is not None
+    model.core.load_state_dict(best["state"])
+    best["result"]["metrics"]["mixing_prior"] = {
+        "chosen": best["name"], "mode": cfg.mixing_class_prior, "candidates": scores,
+        "criterion": "text-only weighted-F1 on MELD train validation dialogues (grouped; "
+                     "dev never used)"}
+    return dict(best["result"])
 
 
 def cv_only(cfg: LiveTrainConfig, m: str) -> Path:
@@ -259,11 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path, help="TOML with LiveTrainConfig fields")
     parser.add_argument("--out", help="override the output directory")
     parser.add_argument("--data-dir", help="override data_dir (../shared/data layout)")
+    parser.add_argument("--frontends-from", help="reuse the front-ends of this live.pt (mixing "
+                        "stage only; their expert metrics are carried over)")
     parser.add_argument("--cv-only", choices=("audio", "video"),
                         help="only run one expert's grouped CV and write OUT/cv_<modality>.json")
     args = parser.parse_args(argv)
     cfg = LiveTrainConfig.from_toml(args.config)
-    overrides = {k: v for k, v in (("out", args.out), ("data_dir", args.data_dir)) if v}
+    overrides = {k: v for k, v in (("out", args.out), ("data_dir", args.data_dir),
+                                          ("frontends_from", args.frontends_from)) if v}
     if overrides:
         cfg = LiveTrainConfig(**{**asdict(cfg), **overrides})
     if args.cv_only:

@@ -13,5 +13,10 @@ RUN=${RUN:-runs/live}
 $BIN/edge-train-live configs/live.toml --out "$RUN" --data-dir "$DATA"
 $BIN/edge-export --checkpoint "$RUN/live.pt" --out models/live --data-dir "$DATA"
 cp "$RUN/live.pt" models/live/live.pt   # the torch reference backend loads it
-$BIN/python -m engines.live_card "$RUN" models/live
+cp "$RUN/config.json" models/live/train_config.json
+cp "$RUN/metrics.json" models/live/train_metrics.json
+# MELD dev: scored only (no choice in the recipe looks at it)
+$BIN/edge-eval --model models/live --backend onnxruntime --json "$RUN/eval_meld_dev.json" \
+  --meld "$DATA/meld_text/dev_sent_emo.csv"
 $BIN/python bench/bench_frontends.py --model models/live --json models/live/bench_frontends.json
+$BIN/python -m engines.live_card "$RUN" models/live
