@@ -67,11 +67,12 @@ import zmq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench_runtime import rss_mb, tool  # noqa: E402  (bench/ is the script's own dir)
+
 from edge import wire  # noqa: E402
 from edge.clock import monotonic_ns  # noqa: E402
 from edge.config import default_model_dir  # noqa: E402
 
-BIN = Path(sys.executable).parent
 MODALITIES = ("audio", "video", "text")
 HOP_NS = 500_000_000  # the default config's hop; checked against the estimates
 HEARTBEAT_MS, MISS_LIMIT = 100, 2  # the default config's watchdog
@@ -90,22 +91,6 @@ sock.connect(sys.argv[1])
 while True:
     sock.recv_multipart()
 """
-
-
-def tool(name: str) -> list[str]:
-    exe = BIN / name
-    return (
-        [str(exe)]
-        if exe.exists()
-        else [sys.executable, "-m", {"edge-sensor": "sensors.cli"}.get(name, "edge." + name[5:])]
-    )
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def pct(values: list[float], q: float) -> float | None:
