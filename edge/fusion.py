@@ -98,6 +98,18 @@ class Inference:
     error_type: str = ""
     infer_ms: float = 0.0  # time spent in the model after the close
     precomputed: bool = False
+    ahead_ms: float = 0.0  # time the model spent ahead of the close, when precomputed
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """A window's model answer computed before its close (`FusionCore.precompute`)."""
+
+    end_ns: int
+    inputs_key: tuple[Any, ...]  # what entered the model (payload ids among it)
+    window: Window  # keeps those payloads alive, so their ids stay unique until the close
+    prediction: Prediction
+    ms: float  # the model's time
 
 
 def run_model(backend: Backend, closed: ClosedWindow) -> Inference:
@@ -146,10 +158,8 @@ class FusionCore:
         self.rejected: Counter[str] = Counter()  # reason -> count (bad payloads, late, ...)
         self.ignored = 0  # well-formed messages the core has no use for (estimates, ...)
         self.seq = 0
-        # The model's answer for the next window, computed ahead of its close (`precompute`):
-        # (window end, what entered the model, the peeked window that keeps those payloads
-        # alive so their ids stay unique, the prediction). None when there is none.
-        self._ahead: tuple[int, tuple[Any, ...], Window, Prediction] | None = None
+        # The model's answer for the next window, computed ahead of its close (`precompute`).
+        self._ahead: _Ahead | None = None
         self._ahead_tried_end_ns: int | None = None
         self.precompute_hits = 0
         self.precompute_misses = 0
@@ -209,11 +219,14 @@ class FusionCore:
         self._ahead_tried_end_ns = window.end_ns
         self._ahead = None
         used = _used(self._availability(window, now_ns))
+        started = time.perf_counter()
         try:
             prediction = self.backend.predict(window_inputs(window, used))
         except Exception:
             return  # the close runs it again and counts the failure there
-        self._ahead = (window.end_ns, _inputs_key(window, used), window, prediction)
+        ahead_ms = (time.perf_counter() - started) * 1000
+        self._ahead = _Ahead(window.end_ns, _inputs_key(window, used), window, prediction,
+                             ahead_ms)
 
     def _availability(self, window: Window, judged_ns: int) -> dict[str, str]:
         return {
@@ -225,10 +238,11 @@ class FusionCore:
         """The model's answer for a closed window: the precomputed one if its inputs are
         unchanged, else the model runs now."""
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == closed.window.end_ns:
-            if ahead[1] == _inputs_key(closed.window, closed.used):
+        if ahead is not None and ahead.end_ns == closed.window.end_ns:
+            if ahead.inputs_key == _inputs_key(closed.window, closed.used):
                 self.precompute_hits += 1
-                return Inference(prediction=ahead[3], precomputed=True)
+                return Inference(prediction=ahead.prediction, precomputed=True,
+                                 ahead_ms=ahead.ms)
             self.precompute_misses += 1
         return run_model(self.backend, closed)
 
@@ -266,6 +280,7 @@ class FusionCore:
             "error": error,
             "infer_ms": inference.infer_ms,  # the model's time after the close (not content)
             "precomputed": inference.precomputed,  # it ran ahead of the close on these inputs
+            "ahead_ms": inference.ahead_ms,  # the model's time before the close (not content)
             "links": closed.links,
         }
 

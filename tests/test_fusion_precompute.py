@@ -109,9 +109,12 @@ def test_a_precomputed_estimate_equals_the_one_computed_at_the_close(
     (got,) = ahead.step(CLOSE)
     assert backend.runs == 1, "the close ran the model again although nothing changed"
     assert got["precomputed"] is True
+    # the model's time is reported where it was spent: ahead of the close, none after it
+    assert got["ahead_ms"] > 0 and got["infer_ms"] == 0
     assert ahead.next_precompute_ns() == END + 500 * MS + 60 * MS  # the next window's
     (want,) = plain.step(CLOSE)
     assert want["precomputed"] is False
+    assert want["ahead_ms"] == 0 and want["infer_ms"] > 0
     assert got["used"] == ["audio", "video", "text"]
     assert content(got) == content(want)
     assert ahead.health()["precompute"] == {"hits": 1, "misses": 0}
