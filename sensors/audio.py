@@ -223,6 +223,9 @@ class AudioSensor(Sensor):
         self._want_open = False
         self._teardown()
 
+    def device_up(self) -> bool:
+        return self._connected or not self._want_open or self._privacy_on()
+
     def read(self, timeout_s: float) -> Sample | None:
         deadline = _mono_ns() + int(max(0.0, timeout_s) * 1e9)
         if self._privacy_on():

@@ -55,6 +55,12 @@ class Sensor(ABC):
         Raises SensorError when the device fails.
         """
 
+    def device_up(self) -> bool:
+        """False while the device is gone and the sensor reconnects by itself, returning None
+        from `read` instead of raising SensorError (the capture thread then stops repeating
+        the last sample's state: an unplugged microphone is not a silent cabin)."""
+        return True
+
     def __enter__(self) -> Sensor:
         self.connect()
         return self

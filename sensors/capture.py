@@ -11,7 +11,8 @@ A capture process is one `Sensor` + this module:
   state the sensor last reported (ok / empty / disabled). A capture thread stuck inside a
   live process therefore still heartbeats, and the daemon sees it as ``stale`` from the frame
   age; a dead process stops heartbeating and turns ``dead``. While the read thread is
-  reconnecting after a device error the heartbeat says ``ok`` (alive, no frames: ``stale``),
+  reconnecting after a device error (raised, or reported by ``Sensor.device_up``) the
+  heartbeat says ``ok`` (alive, no frames: ``stale``),
   not the last sample's ``empty``: a camera that is gone is not a camera that sees no face.
 
 The publisher is an XPUB socket that *connects* to the daemon's (and recorder's) ingress
@@ -151,6 +152,8 @@ class CaptureThread(threading.Thread):
             if sample is not None:
                 self.device_ok = True
                 self.buffer.put(sample)
+            elif not self.sensor.device_up():
+                self.device_ok = False  # gone, and the sensor reconnects by itself
         if connected:
             self._close()
 

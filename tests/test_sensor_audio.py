@@ -15,7 +15,9 @@ import shutil
 import subprocess
 import time
 import wave
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +36,7 @@ from sensors.audio import (  # noqa: E402
     list_devices,
 )
 from sensors.base import Sample, SensorError  # noqa: E402
+from sensors.capture import CaptureConfig, CaptureThread, SampleBuffer  # noqa: E402
 
 SILENCE_S = 1.0
 SENTENCE = "Why is this traffic so slow? I am going to be late again, and I hate it."
@@ -45,7 +48,7 @@ def _wav(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def alsa(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def alsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """silence + espeak speech + silence, as 16 kHz and 48 kHz WAVs behind ALSA file devices."""
     d = tmp_path_factory.mktemp("alsa")
     subprocess.run(["espeak-ng", "-w", str(d / "es.wav"), SENTENCE], check=True)
@@ -53,6 +56,16 @@ def alsa(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                     str(d / "speech16.wav"), "pad", str(SILENCE_S), "1.5"], check=True)
     subprocess.run(["sox", str(d / "speech16.wav"), "-r", "48000", str(d / "speech48.wav")],
                    check=True)
+    # Microphones fed through FIFOs (raw s16 16 kHz), whose tests decide when audio comes and
+    # when it stops. They are in the config from the start: a test that stalls a driver
+    # abandons its PortAudio instance (it cannot be terminated under a stuck thread), so
+    # PortAudio stays initialised and never enumerates devices added to the config later.
+    # A writer holds each FIFO open for the module, so opening or probing it never blocks.
+    fifos = {name: d / f"{name}.fifo" for name in ("hungmic", "quietmic")}
+    writers = {}
+    for name, fifo in fifos.items():
+        os.mkfifo(fifo)
+        writers[name] = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     conf = d / "asound.conf"
     conf.write_text(
         "</usr/share/alsa/alsa.conf>\n"
@@ -61,11 +74,19 @@ def alsa(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             f'infile "{d / wav}" format "wav" }}\n'
             for name, wav in [("cabinmic", "speech16.wav"), ("cabinmic48", "speech48.wav")]
         )
+        + "".join(
+            f'pcm.{name} {{ type file slave.pcm "null" file "/dev/null" '
+            f'infile "{fifo}" format "raw" }}\n'
+            for name, fifo in fifos.items()
+        )
     )
     mp = pytest.MonkeyPatch()
     mp.setenv("ALSA_CONFIG_PATH", str(conf))
-    yield {"conf": conf, "speech16": d / "speech16.wav", "speech48": d / "speech48.wav"}
+    yield {"conf": conf, "speech16": d / "speech16.wav", "speech48": d / "speech48.wav",
+           "writers": writers}
     mp.undo()
+    for fd in writers.values():
+        os.close(fd)
 
 
 def _capture(sensor: AudioSensor, seconds: float) -> list[Sample]:
@@ -204,17 +225,53 @@ def test_missing_device_retries_with_backoff_and_recovers(alsa: dict[str, Path])
 
 @pytest.mark.hardware
 @pytest.mark.timeout(60)
-def test_a_hung_driver_never_blocks_read_and_is_reconnected(
-    alsa: dict[str, Path], tmp_path: Path
+def test_a_microphone_gone_after_silence_is_not_reported_as_silence(
+    alsa: dict[str, Any],
 ) -> None:
+    """The capture thread's view: 0.5 s of a silent cabin (samples `empty`), then the device
+    stops (its FIFO gets nothing more; the sensor reconnects by itself and read() returns
+    None). The heartbeat must stop repeating `empty` (device_ok False: it then says `ok`
+    with no frames, which the daemon reads as `stale`), and say `empty` again once the
+    microphone is back and still hears silence."""
+    writer = alsa["writers"]["quietmic"]
+    silence = np.zeros(8000, np.int16).tobytes()  # 0.5 s
+    os.write(writer, silence)
+    mic = AudioSensor(AudioConfig(device="quietmic", vad="energy", stall_s=0.5,
+                                  backoff_initial_s=0.1, backoff_max_s=0.2))
+    buffer = SampleBuffer(64)
+    reader = CaptureThread(mic, buffer, CaptureConfig(read_timeout_ms=100))
+    reader.start()
+    try:
+        got = buffer.drain(timeout_s=2.0)
+        deadline = time.monotonic() + 2.0
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += buffer.drain(timeout_s=0.2)
+        assert got and {s.state for s in got} == {"empty"}
+        assert reader.device_ok
+        deadline = time.monotonic() + 5.0
+        while reader.device_ok and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not reader.device_ok, "a stalled microphone still reads as a silent cabin"
+        assert mic.counters["errors"] >= 1 and "stalled" in mic.last_error
+        deadline = time.monotonic() + 5.0
+        while not reader.device_ok and time.monotonic() < deadline:
+            try:  # the microphone is back: it streams silence again (a reconnect reads it)
+                os.write(writer, silence[: len(silence) // 5])
+            except BlockingIOError:
+                pass  # the FIFO is full: nobody is reading yet
+            time.sleep(0.1)
+        assert reader.device_ok and buffer.drain(timeout_s=1.0)[-1].state == "empty"
+    finally:
+        reader.stop_event.set()
+        reader.join(timeout=5)
+
+
+@pytest.mark.hardware
+@pytest.mark.timeout(60)
+def test_a_hung_driver_never_blocks_read_and_is_reconnected(alsa: dict[str, Any]) -> None:
     """A device whose driver stops returning from read() (here: the ALSA file plugin reading
     a FIFO that receives 0.5 s of audio and then nothing) must not hang the sensor."""
-    fifo = tmp_path / "mic.fifo"
-    os.mkfifo(fifo)
-    conf = alsa["conf"]
-    conf.write_text(conf.read_text() + f'pcm.hungmic {{ type file slave.pcm "null" '
-                    f'file "/dev/null" infile "{fifo}" format "raw" }}\n')
-    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # holds the FIFO open, never blocks
+    writer = alsa["writers"]["hungmic"]
     os.write(writer, (np.full(8000, 1000, np.int16)).tobytes())
     mic = AudioSensor(AudioConfig(device="hungmic", vad="off", stall_s=0.5,
                                   backoff_initial_s=0.1))
@@ -233,7 +290,6 @@ def test_a_hung_driver_never_blocks_read_and_is_reconnected(
         assert "stalled" in mic.last_error
     finally:
         mic.close()
-        os.close(writer)
 
 
 def test_resampler_keeps_a_tone_across_block_edges() -> None:
