@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import json
 import logging
 import os
@@ -413,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-daemon: {exc}", file=sys.stderr)
         return 2
     log.info("ingress %s telemetry %s clock %s", config.ingress, config.telemetry, config.clock)
+    # What is loaded by now (modules, the model, its graphs: ~40k objects) lives as long as
+    # the process. Freezing it takes it out of the cyclic GC's scans: a full collection in
+    # the loop then costs ~0 ms instead of ~10 ms, and never stalls a window's close.
+    gc.collect()
+    gc.freeze()
     code = daemon.run(max_seconds=args.seconds)
     log.info("stopped: %s", daemon.status_line())
     return code
