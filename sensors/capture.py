@@ -12,8 +12,8 @@ A capture process is one `Sensor` + this module:
   live process therefore still heartbeats, and the daemon sees it as ``stale`` from the frame
   age; a dead process stops heartbeating and turns ``dead``. While the read thread is
   reconnecting after a device error (raised, or reported by ``Sensor.device_up``) the
-  heartbeat says ``ok`` (alive, no frames: ``stale``),
-  not the last sample's ``empty``: a camera that is gone is not a camera that sees no face.
+  heartbeat says ``ok`` (alive, no frames: ``stale``), not the last sample's ``empty``: a
+  camera that is gone is not a camera that sees no face.
 
 The publisher is an XPUB socket that *connects* to the daemon's (and recorder's) ingress
 endpoints: XPUB lets us wait until N subscribers have joined before the first frame, so a
