@@ -186,7 +186,7 @@ def steady_state(run: Path, model_dir: str, seconds: float) -> dict[str, Any]:
             hop.append((received - est["t_publish_ns"]) / 1e6)
             beyond.append((received - est["t_close_ns"]) / 1e6)
             infer.append(est["infer_ms"])
-            ahead.append(est.get("ahead_ms", 0.0))
+            ahead.append(est["ahead_ms"])
             if est["newest_frame_ns"] is not None:
                 e2e.append((received - est["newest_frame_ns"]) / 1e6)
             used_all += est["pattern"] == "audio+video+text"

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from engines.datasets import emodb_windows  # noqa: E402
 from engines.features import log_mel  # noqa: E402
+from engines.metrics import classification_metrics  # noqa: E402
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 MIN_PAST_FOR_SCALE = 5  # earlier clips needed before dividing by their std
@@ -62,15 +62,17 @@ def causal_speaker_norm(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 def loso_ua(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, object]:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import recall_score
     from sklearn.preprocessing import StandardScaler
+
+    n_classes = int(y.max()) + 1
 
     def fit_score(train: np.ndarray, test: np.ndarray, c: float) -> float:
         scaler = StandardScaler().fit(x[train])
         model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
         model.fit(scaler.transform(x[train]), y[train])
-        return float(recall_score(y[test], model.predict(scaler.transform(x[test])),
-                                  average="macro"))
+        probs = np.zeros((int(test.sum()), n_classes))
+        probs[:, model.classes_] = model.predict_proba(scaler.transform(x[test]))
+        return classification_metrics(probs, y[test])["ua"]  # the repo's UA, as edge-eval's
 
     per_speaker, chosen = {}, {}
     for speaker in np.unique(groups):
@@ -91,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" /
                     "emodb_speaker_norm.json")
     args = ap.parse_args(argv)
-    warnings.filterwarnings("ignore")  # sklearn: classes a speaker lacks in inner folds
 
     raw = emodb_windows(args.data_dir / "emodb" / "wav")
     x = np.stack([functionals(log_mel(w.audio)) for w in raw.windows if w.audio is not None])

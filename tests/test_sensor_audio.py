@@ -71,13 +71,12 @@ def alsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "</usr/share/alsa/alsa.conf>\n"
         + "".join(
             f'pcm.{name} {{ type file slave.pcm "null" file "/dev/null" '
-            f'infile "{d / wav}" format "wav" }}\n'
-            for name, wav in [("cabinmic", "speech16.wav"), ("cabinmic48", "speech48.wav")]
-        )
-        + "".join(
-            f'pcm.{name} {{ type file slave.pcm "null" file "/dev/null" '
-            f'infile "{fifo}" format "raw" }}\n'
-            for name, fifo in fifos.items()
+            f'infile "{infile}" format "{fmt}" }}\n'
+            for name, infile, fmt in [
+                ("cabinmic", d / "speech16.wav", "wav"),
+                ("cabinmic48", d / "speech48.wav", "wav"),
+                *((name, fifo, "raw") for name, fifo in fifos.items()),
+            ]
         )
     )
     mp = pytest.MonkeyPatch()
