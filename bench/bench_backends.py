@@ -32,7 +32,6 @@ sys.path.insert(0, str(REPO))
 
 from calibration.parity import why_unavailable  # noqa: E402
 from engines.backend import WindowInputs, load_backend, pattern_key  # noqa: E402
-from engines.features import featurise_windows  # noqa: E402
 from engines.onnx_backend import FeaturisingBackend  # noqa: E402
 
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "cuda", "tensorrt", "tensorrt-int8")
@@ -70,7 +69,7 @@ def time_calls(fn: Any, reps: int, warm: int = 5) -> list[float]:
 def featurisation_ms(engine: FeaturisingBackend, reps: int) -> dict[str, float]:
     w = windows(1)
     return {m: float(np.median(time_calls(
-        lambda m=m: featurise_windows(masked(w, (m,)), engine.modalities, engine.tokenizer),
+        lambda m=m: engine.featurise(masked(w, (m,))),
         reps))) for m in engine.modalities}
 
 
@@ -79,8 +78,8 @@ def bench_backend(engine: FeaturisingBackend, reps: int, batch: int, batch_reps:
     out: dict[str, Any] = {}
     one, many = windows(1, seed=1), windows(batch, seed=2)
     for p in patterns(engine.modalities):
-        f1 = featurise_windows(masked(one, p), engine.modalities, engine.tokenizer)
-        fb = featurise_windows(masked(many, p), engine.modalities, engine.tokenizer)
+        f1 = engine.featurise(masked(one, p))
+        fb = engine.featurise(masked(many, p))
         lat = time_calls(lambda f1=f1: engine.run_graph(f1), reps)
         thr = time_calls(lambda fb=fb: engine.run_graph(fb), batch_reps, warm=2)
         out[pattern_key(p)] = {

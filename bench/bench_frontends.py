@@ -23,7 +23,6 @@ import numpy as np
 
 from engines.backend import WindowInputs
 from engines.datasets import synthetic_windows
-from engines.features import featurise_windows
 from engines.onnx_backend import OnnxBackend
 
 
@@ -58,19 +57,18 @@ def main(argv: list[str] | None = None) -> int:
                                "faces_per_window": args.faces, "machine": platform.processor()
                                or platform.machine(), "cpu_count": os.cpu_count(),
                                "load_avg_1min_before": os.getloadavg()[0], "patterns": {}}
-    none_feeds = featurise_windows([WindowInputs()], backend.modalities, backend.tokenizer)
+    none_feeds = backend.featurise([WindowInputs()])
     core = _time_ms(lambda: backend.run_graph(none_feeds), args.repeats)
     results["patterns"]["none"] = {"graph": core}
     for m in backend.modalities:
         window = WindowInputs(**{m: getattr(full, m)})
-        feat = _time_ms(lambda w=window: featurise_windows([w], backend.modalities,
-                                                           backend.tokenizer), args.repeats)
-        feeds = featurise_windows([window], backend.modalities, backend.tokenizer)
+        feat = _time_ms(lambda w=window: backend.featurise([w]), args.repeats)
+        feeds = backend.featurise([window])
         graph = _time_ms(lambda f=feeds: backend.run_graph(f), args.repeats)
         results["patterns"][m] = {
             "featurise": feat, "graph": graph,
             "frontend_ms": feat["median_ms"] + graph["median_ms"] - core["median_ms"]}
-    all_feeds = featurise_windows([full], backend.modalities, backend.tokenizer)
+    all_feeds = backend.featurise([full])
     results["patterns"]["+".join(backend.modalities)] = {
         "graph": _time_ms(lambda: backend.run_graph(all_feeds), args.repeats),
         "predict": _time_ms(lambda: backend.predict(full), args.repeats)}
@@ -103,8 +101,8 @@ def _crop_cache_steady_state(args: argparse.Namespace, whole: OnnxBackend) -> di
     n_windows = 60
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 255, (args.faces + new_per_window * n_windows, 48, 48), np.uint8)
-    feeds = [featurise_windows([WindowInputs(video=crops[k * new_per_window:][:args.faces])],
-                               cached.modalities, cached.tokenizer) for k in range(n_windows)]
+    feeds = [cached.featurise([WindowInputs(video=crops[k * new_per_window:][:args.faces])])
+             for k in range(n_windows)]
     cached.run_graph(feeds[0])  # fills the cache with the first window's crops
 
     def per_window_ms(backend: OnnxBackend) -> float:

@@ -39,7 +39,6 @@ import numpy as np
 from calibration.heldout import pattern_windows, split_windows
 from engines.backend import WindowInputs, load_backend, pattern_key
 from engines.export import all_patterns
-from engines.features import featurise_windows
 from engines.manifest import Manifest
 from engines.onnx_backend import INT8_MODEL_NAME, FeaturisingBackend, softmax_with_temperature
 from engines.torch_backend import CHECKPOINT_NAME
@@ -119,8 +118,8 @@ def outputs(engine: FeaturisingBackend, windows: list[WindowInputs], pattern: tu
     """Logits, router, calibrated probs for the windows masked to `pattern`: batched and one by
     one (batch 1 is what the daemon runs, and what the CUDA backend captures per pattern)."""
     masked = [WindowInputs(**{m: getattr(w, m) for m in pattern}) for w in windows]
-    batched = engine.run_graph(featurise_windows(masked, engine.modalities, engine.tokenizer))
-    singles = [engine.run_graph(featurise_windows([w], engine.modalities, engine.tokenizer))
+    batched = engine.run_graph(engine.featurise(masked))
+    singles = [engine.run_graph(engine.featurise([w]))
                for w in masked]
     logits = np.concatenate([batched[0]] + [s[0] for s in singles])
     router = np.concatenate([batched[1]] + [s[1] for s in singles])

@@ -44,7 +44,6 @@ from calibration.heldout import SplitWindows, pattern_windows, split_windows
 from engines.backend import WindowInputs, load_backend, pattern_key
 from engines.datasets import LabelledWindows
 from engines.evaluate import EvalSet, evaluate_set, print_table
-from engines.features import featurise_windows
 from engines.manifest import MODEL_NAME, Manifest, sha256_file
 from engines.onnx_backend import INT8_MODEL_NAME, FeaturisingBackend
 
@@ -189,8 +188,7 @@ def eval_sets(model_dir: Path, backends: tuple[str, ...], split: SplitWindows,
             raise QuantizeError(f"backend {kind} cannot return raw logits")
         logits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for p, raw in sets.items():
-            parts = [engine.run_graph(featurise_windows(raw.windows[s:s + batch],
-                                                        engine.modalities, engine.tokenizer))[0]
+            parts = [engine.run_graph(engine.featurise(raw.windows[s:s + batch]))[0]
                      for s in range(0, len(raw.windows), batch)]
             lg = np.concatenate(parts).astype(np.float64)
             lg[:, ~raw.label_mask] = -1e4  # classes the set lacks are not scored
@@ -210,7 +208,7 @@ def cpu_latency_ms(model_dir: Path, kind: str, repeats: int = 30) -> float:
     window = WindowInputs(audio=(rng.standard_normal(32000) * 2000).astype(np.int16),
                           video=rng.integers(0, 255, (10, 48, 48), dtype=np.uint8),
                           text=("i can't believe this happened again",))
-    feeds = featurise_windows([window], engine.modalities, engine.tokenizer)
+    feeds = engine.featurise([window])
     for _ in range(5):
         engine.run_graph(feeds)
     times = []
@@ -230,7 +228,7 @@ def quantize_model(model_dir: Path, data_dir: Path | None, cfg: QuantizeConfig
     engine = load_backend(model_dir, "onnxruntime")
     assert isinstance(engine, FeaturisingBackend)
     batches = calibration_batches(split.train, mods, cfg)
-    feeds = [featurise_windows(b, mods, engine.tokenizer) for b in batches]
+    feeds = [engine.featurise(b) for b in batches]
     t0 = time.monotonic()
     qdq = quantize_graph(model_dir / MODEL_NAME, model_dir / INT8_MODEL_NAME, feeds, cfg)
     seconds = time.monotonic() - t0

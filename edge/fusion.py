@@ -28,6 +28,7 @@ from engines.backend import (
     WindowInputs,
     pattern_key,
 )
+from engines.features import SpeakerNormaliser, log_mel
 
 # The part of an estimate that is a function of the recorded stamps and payloads alone:
 # replaying a recording must reproduce these bit for bit. The rest (seq, latency, counters)
@@ -87,6 +88,7 @@ class ClosedWindow:
     availability: dict[str, str]
     used: tuple[str, ...]
     links: dict[str, dict[str, Any]]
+    audio_centre: np.ndarray | None = None  # the speaker's centre before this window, if kept
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +119,8 @@ def run_model(backend: Backend, closed: ClosedWindow) -> Inference:
     backend may run several windows at once (replay); `FusionCore.finish` takes them in order."""
     started = time.perf_counter()
     try:
-        prediction = backend.predict(window_inputs(closed.window, closed.used))
+        prediction = backend.predict(window_inputs(closed.window, closed.used,
+                                                   closed.audio_centre))
     except Exception as exc:  # counted by finish; the prior is published instead
         return Inference(prediction=None, error=f"{type(exc).__name__}: {exc}"[:200],
                          error_type=type(exc).__name__,
@@ -129,15 +132,19 @@ def _used(avail: dict[str, str]) -> tuple[str, ...]:
     return tuple(m for m, reason in avail.items() if reason == "ok")
 
 
-def _inputs_key(window: Window, used: tuple[str, ...]) -> tuple[Any, ...]:
+def _inputs_key(window: Window, used: tuple[str, ...],
+                audio_centre: np.ndarray | None) -> tuple[Any, ...]:
     """What decides the model's input for `window`: the used modalities and, for each, its
     frames' stamps and identities (payloads are never mutated, and an overflowed, late or
-    duplicated frame changes the stamps or the identities)."""
+    duplicated frame changes the stamps or the identities), and the speaker centre (settled
+    before a window's precompute, as the window before it has closed: checked all the same)."""
     return used, tuple(
-        (tuple(window.stamps[m]), tuple(id(p) for p in window.frames[m])) for m in used)
+        (tuple(window.stamps[m]), tuple(id(p) for p in window.frames[m])) for m in used), (
+        None if audio_centre is None else audio_centre.tobytes())
 
 
-def window_inputs(window: Window, used: tuple[str, ...]) -> WindowInputs:
+def window_inputs(window: Window, used: tuple[str, ...],
+                  audio_centre: np.ndarray | None = None) -> WindowInputs:
     audio = video = text = None
     if "audio" in used:
         audio = np.concatenate(window.frames["audio"]).astype(np.int16, copy=False)
@@ -145,7 +152,7 @@ def window_inputs(window: Window, used: tuple[str, ...]) -> WindowInputs:
         video = np.concatenate(window.frames["video"], axis=0)
     if "text" in used:
         text = tuple(window.frames["text"])
-    return WindowInputs(audio=audio, video=video, text=text)
+    return WindowInputs(audio=audio, video=video, text=text, audio_centre=audio_centre)
 
 
 class FusionCore:
@@ -163,6 +170,14 @@ class FusionCore:
         self._ahead_tried_end_ns: int | None = None
         self.precompute_hits = 0
         self.precompute_misses = 0
+        # A model trained on speaker-centred audio gets the centre of this stream's past audio
+        # (the driver's voice), updated at each close, in window order: so live and replay
+        # hand every window the same centre. One 2 s tile of audio in window/hop windows
+        # updates it, so each stretch of audio counts once and costs one extra log-mel.
+        self.speaker_norm = (SpeakerNormaliser() if "audio" in self.modalities
+                             and getattr(backend, "audio_speaker_norm", False) else None)
+        self._tile_every = config.window.window_ms // config.window.hop_ms  # a multiple
+        self._hop_ns = config.window.hop_ms * 1_000_000
 
     def ingest(self, envelope: Envelope, now_ns: int) -> None:
         """Take one decoded message. Raises WireError for a frame whose payload is unusable."""
@@ -196,9 +211,21 @@ class FusionCore:
         closed = []
         for window in self.windower.due(now_ns):
             avail = self._availability(window, window.judged_ns)
-            closed.append(ClosedWindow(window=window, availability=avail,
-                                       used=_used(avail), links=self.links(window)))
+            used = _used(avail)
+            closed.append(ClosedWindow(window=window, availability=avail, used=used,
+                                       links=self.links(window),
+                                       audio_centre=self._speaker_centre(window, used)))
         return closed
+
+    def _speaker_centre(self, window: Window, used: tuple[str, ...]) -> np.ndarray | None:
+        """The centre for `window` (from earlier windows only), then this window's update."""
+        if self.speaker_norm is None:
+            return None
+        centre = self.speaker_norm.centre()
+        if "audio" in used and (window.end_ns // self._hop_ns) % self._tile_every == 0:
+            samples = np.concatenate(window.frames["audio"]).astype(np.int16, copy=False)
+            self.speaker_norm.update(log_mel(samples))
+        return centre
 
     def next_precompute_ns(self) -> int | None:
         """When `precompute` has work next; None when it is off or done for the next window."""
@@ -219,14 +246,15 @@ class FusionCore:
         self._ahead_tried_end_ns = window.end_ns
         self._ahead = None
         used = _used(self._availability(window, now_ns))
+        centre = self.speaker_norm.centre() if self.speaker_norm is not None else None
         started = time.perf_counter()
         try:
-            prediction = self.backend.predict(window_inputs(window, used))
+            prediction = self.backend.predict(window_inputs(window, used, centre))
         except Exception:
             return  # the close runs it again and counts the failure there
         ahead_ms = (time.perf_counter() - started) * 1000
-        self._ahead = _Ahead(window.end_ns, _inputs_key(window, used), window, prediction,
-                             ahead_ms)
+        self._ahead = _Ahead(window.end_ns, _inputs_key(window, used, centre), window,
+                             prediction, ahead_ms)
 
     def _availability(self, window: Window, judged_ns: int) -> dict[str, str]:
         return {
@@ -239,7 +267,8 @@ class FusionCore:
         unchanged, else the model runs now."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead.end_ns == closed.window.end_ns:
-            if ahead.inputs_key == _inputs_key(closed.window, closed.used):
+            if ahead.inputs_key == _inputs_key(closed.window, closed.used,
+                                               closed.audio_centre):
                 self.precompute_hits += 1
                 return Inference(prediction=ahead.prediction, precomputed=True,
                                  ahead_ms=ahead.ms)
@@ -326,6 +355,8 @@ class FusionCore:
             "overflow": wc.overflow,
             "skipped_windows": wc.skipped_windows,
             "precompute": {"hits": self.precompute_hits, "misses": self.precompute_misses},
+            "speaker_norm_windows": (None if self.speaker_norm is None
+                                     else round(self.speaker_norm.count, 1)),
             "rejected": dict(self.rejected),
             "ignored": self.ignored,
         }

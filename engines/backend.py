@@ -41,6 +41,9 @@ class WindowInputs:
     audio: np.ndarray | None = None
     video: np.ndarray | None = None
     text: tuple[str, ...] | None = None
+    # The speaker's running log-mel centre (engines.features.SpeakerNormaliser) from audio
+    # before this window; used only by models trained with audio_speaker_norm.
+    audio_centre: np.ndarray | None = None
 
     def present(self) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if getattr(self, m) is not None)

@@ -15,6 +15,7 @@ Two views of the same files:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from engines.backend import AUDIO_RATE_HZ, FACE_SIZE, WindowInputs
-from engines.features import Tokenizer, face_frames, log_mel, normalise_text, resample
+from engines.features import (
+    Tokenizer,
+    causal_centres,
+    causal_speaker_centred,
+    face_frames,
+    log_mel,
+    normalise_text,
+    resample,
+)
 
 LABELS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "fear", "disgust", "surprise")
 LABEL_INDEX = {name: i for i, name in enumerate(LABELS)}
@@ -127,9 +136,13 @@ def emodb_windows(wav_dir: Path) -> LabelledWindows:
         label_mask=label_mask_for(set(EMODB_CODES.values())))
 
 
-def load_emodb(wav_dir: Path) -> ModalityData:
+def load_emodb(wav_dir: Path, speaker_norm: bool = False) -> ModalityData:
+    """EmoDB log-mel; with `speaker_norm` each clip centred by its speaker's earlier clips (file
+    order: no future clip, no label), as the daemon centres a drive by its past."""
     raw = emodb_windows(wav_dir)
     logmel = np.stack([log_mel(w.audio) for w in raw.windows if w.audio is not None])
+    if speaker_norm:
+        logmel = causal_speaker_centred(logmel, raw.groups)
     return ModalityData(name="emodb", modality="audio", inputs={"audio_logmel": logmel},
                         labels=raw.labels, groups=raw.groups, label_mask=raw.label_mask)
 
@@ -301,15 +314,22 @@ def live_eval_set(model_dir: Path, raw: LabelledWindows, backend: str, batch: in
     """
     from engines.backend import load_backend, pattern_key
     from engines.evaluate import EvalSet, read_temperatures
-    from engines.features import featurise_windows
     from engines.onnx_backend import FeaturisingBackend
 
     engine = load_backend(model_dir, backend)
     if not isinstance(engine, FeaturisingBackend):
         raise TypeError(f"backend {backend!r} cannot return raw logits")
+    windows = list(raw.windows)
+    if engine.audio_speaker_norm and any(w.audio is not None for w in windows):
+        # Each speaker's clips, in file order, are that speaker's stream: a clip is centred by
+        # the speaker's earlier clips only, as the daemon centres a drive by its past.
+        audio = [(i, log_mel(w.audio)) for i, w in enumerate(windows) if w.audio is not None]
+        centres = causal_centres([lm for _, lm in audio], [raw.groups[i] for i, _ in audio])
+        for (i, _), centre in zip(audio, centres, strict=True):
+            windows[i] = dataclasses.replace(windows[i], audio_centre=centre)
     parts = []
-    for s in range(0, len(raw.windows), batch):
-        feeds = featurise_windows(raw.windows[s:s + batch], engine.modalities, engine.tokenizer)
+    for s in range(0, len(windows), batch):
+        feeds = engine.featurise(windows[s:s + batch])
         parts.append(engine.run_graph(feeds)[0])
     logits = np.concatenate(parts).astype(np.float64)
     logits[:, ~raw.label_mask] = -1e4

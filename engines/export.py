@@ -132,7 +132,8 @@ def check_parity(model: LiveModel, onnx_path: Path, tokenizer: Tokenizer | None,
     for pattern in all_patterns(mods):
         key = pattern_key(pattern) or "none"
         masked = [WindowInputs(**{m: getattr(w, m) for m in pattern}) for w in windows]
-        batches = {"real": featurise_windows(masked, mods, tokenizer),
+        batches = {"real": featurise_windows(masked, mods, tokenizer,
+                                             model.cfg.audio_speaker_norm),
                    "random": random_feeds(model, [pattern] * 4, rng)}
         for kind, feeds in batches.items():
             got = sess.run(None, {n: feeds[n] for n in model.input_names})
@@ -186,7 +187,8 @@ def export_model(checkpoint: Path, out_dir: Path, data_dir: Path | None = None) 
         features={"audio_rate_hz": 16000, "audio_window_samples": AUDIO_WINDOW_SAMPLES,
                   "n_fft": N_FFT, "win_length": WIN_LENGTH, "hop_length": HOP_LENGTH,
                   "n_mels": N_MELS, "n_audio_frames": N_AUDIO_FRAMES, "max_faces": MAX_FACES,
-                  "face_size": 48, "max_tokens": tokenizer.max_tokens if tokenizer else 0},
+                  "face_size": 48, "max_tokens": tokenizer.max_tokens if tokenizer else 0,
+                  "audio_speaker_norm": model.cfg.audio_speaker_norm},
         tokenizer_file=TOKENIZER_NAME if tokenizer else None,
         checkpoint_sha256=sha256_file(checkpoint),
         onnx_sha256=sha256_file(out_dir / MODEL_NAME),

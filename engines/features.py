@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,86 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
     power = np.abs(np.fft.rfft(frames, n=N_FFT, axis=1)) ** 2  # (n_frames, n_fft//2+1)
     mel = power @ mel_filterbank().T  # (n_frames, N_MELS)
     return np.log(mel + LOG_FLOOR).T.astype(np.float32)  # (N_MELS, n_frames)
+
+
+VOICED_QUANTILE = 30  # a window's frames louder than its 30th energy percentile count as voice
+SPEAKER_NORM_MAX_WINDOWS = 240  # beyond this the running mean forgets (~8 min of 2 s tiles)
+
+
+def voiced_band_mean(logmel: np.ndarray) -> np.ndarray | None:
+    """(N_MELS, n_frames) -> per-band mean over the window's louder (voiced) frames, or None
+    when the window is (nearly) digital silence and says nothing about the speaker."""
+    energy = logmel.mean(0)  # (n_frames,)
+    if np.count_nonzero(energy > np.log(LOG_FLOOR) + 1.0) < logmel.shape[1] // 4:
+        return None
+    voiced = energy > np.percentile(energy, VOICED_QUANTILE)
+    return logmel[:, voiced].mean(1) if voiced.any() else logmel.mean(1)
+
+
+class SpeakerNormaliser:
+    """The speaker's spectral centre from the *past* of the stream (issue 4: normalisation from
+    a speaker's own unlabelled audio, causal only).
+
+    `centre()` is the mean voiced log-mel band level of the windows given to `update` so far,
+    or None before any. A model trained with `audio_speaker_norm` sees its log-mel minus that
+    centre, which removes the voice's and the microphone's timbre and leaves how this window
+    differs from the speaker's usual (where emotion shows). Training (EmoDB: each speaker's
+    clips in file order), edge-eval and the daemon (one stream per daemon, 2 s tiles of the
+    audio) all use this class, so the featurisation is the same. Bounded: two sums; after
+    SPEAKER_NORM_MAX_WINDOWS windows it forgets exponentially, so a new driver takes over.
+    """
+
+    def __init__(self) -> None:
+        self._sum = np.zeros(N_MELS, np.float64)
+        self._count = 0.0
+
+    @property
+    def count(self) -> float:
+        """How many windows the centre stands on (decayed past the cap)."""
+        return self._count
+
+    def centre(self) -> np.ndarray | None:
+        return (self._sum / self._count).astype(np.float32) if self._count else None
+
+    def update(self, logmel: np.ndarray) -> None:
+        band_mean = voiced_band_mean(logmel)
+        if band_mean is None:
+            return
+        if self._count >= SPEAKER_NORM_MAX_WINDOWS:
+            keep = (SPEAKER_NORM_MAX_WINDOWS - 1) / SPEAKER_NORM_MAX_WINDOWS
+            self._sum *= keep
+            self._count *= keep
+        self._sum += band_mean
+        self._count += 1.0
+
+
+def speaker_centred(logmel: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+    """log-mel minus the speaker's centre; with no past yet, minus this window's own voiced
+    mean (its present, never its future)."""
+    if centre is None:
+        centre = voiced_band_mean(logmel)
+        if centre is None:
+            centre = logmel.mean(1)
+    return (logmel - centre[:, None]).astype(np.float32)
+
+
+def causal_centres(logmels: Iterable[np.ndarray], streams: Iterable[Any]
+                   ) -> list[np.ndarray | None]:
+    """Windows of several streams (speakers), each stream's windows in time order -> each
+    window's centre from its stream's *earlier* windows only (training and edge-eval)."""
+    norms: dict[Any, SpeakerNormaliser] = {}
+    centres = []
+    for logmel, stream in zip(logmels, streams, strict=True):
+        norm = norms.setdefault(stream, SpeakerNormaliser())
+        centres.append(norm.centre())
+        norm.update(logmel)
+    return centres
+
+
+def causal_speaker_centred(logmel: np.ndarray, streams: np.ndarray) -> np.ndarray:
+    """(N, N_MELS, T) -> every window centred by its stream's earlier windows."""
+    return np.stack([speaker_centred(lm, c)
+                     for lm, c in zip(logmel, causal_centres(logmel, streams), strict=True)])
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int = AUDIO_RATE_HZ) -> np.ndarray:
@@ -232,17 +313,23 @@ class Tokenizer:
 
 # ------------------------------------------------------------------------------ window batch
 def featurise_windows(windows: Sequence[WindowInputs], modalities: Sequence[str],
-                      tokenizer: Tokenizer | None) -> dict[str, np.ndarray]:
+                      tokenizer: Tokenizer | None, audio_speaker_norm: bool = False
+                      ) -> dict[str, np.ndarray]:
     """Raw windows -> the live graph's feeds (one batch axis per modality, see engines.live).
 
     Modality m contributes rows only for windows where it is present and in `modalities`; the
-    `present` (B, len(modalities)) mask says which. Raises FeatureError on malformed input.
+    `present` (B, len(modalities)) mask says which. With `audio_speaker_norm` (a model trained
+    so) each log-mel is centred by its window's `audio_centre` (`speaker_centred`). Raises
+    FeatureError on malformed input.
     """
     present = np.array([[getattr(w, m) is not None for m in modalities] for w in windows],
                        bool).reshape(len(windows), len(modalities))
     feeds: dict[str, np.ndarray] = {"present": present}
     if "audio" in modalities:
         rows = [log_mel(w.audio) for w in windows if w.audio is not None]
+        if audio_speaker_norm:
+            centres = [w.audio_centre for w in windows if w.audio is not None]
+            rows = [speaker_centred(lm, c) for lm, c in zip(rows, centres, strict=True)]
         feeds["audio_logmel"] = (np.stack(rows) if rows
                                  else np.zeros((0, N_MELS, N_AUDIO_FRAMES), np.float32))
     if "video" in modalities:

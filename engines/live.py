@@ -38,6 +38,9 @@ class LiveModelConfig:
     text_embed: int = 64
     audio_norm: str = "window"
     audio_stats: bool = True
+    # Featurisation contract, not a layer: log-mel centred by the speaker's past
+    # (engines.features.SpeakerNormaliser); export writes it to the manifest's `features`.
+    audio_speaker_norm: bool = False
     video_branches: str = "cnn"  # FrontendConfig.video_branches
     momke: dict[str, Any] = field(default_factory=dict)  # MoMKEConfig kwargs beyond the shapes
 

@@ -125,7 +125,8 @@ def load_data(cfg: LiveTrainConfig) -> tuple[dict[str, ModalityData], Tokenizer,
     meld_train = root / "meld_text" / "train_sent_emo.csv"
     tok = Tokenizer.fit(read_meld_csv(meld_train)[0], min_count=2)
     data = {
-        "audio": load_emodb(root / "emodb" / "wav"),
+        "audio": load_emodb(root / "emodb" / "wav",
+                            speaker_norm=bool(cfg.model.get("audio_speaker_norm", False))),
         "video": load_ckplus(root / "ckplus48"),
         "text": load_meld({"train": meld_train,
                            "dev": root / "meld_text" / "dev_sent_emo.csv"}, tok),

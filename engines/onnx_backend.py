@@ -56,16 +56,25 @@ class FeaturisingBackend:
                 raise ManifestError(f"manifest names {tok_path.name} but it is missing")
             self.tokenizer = Tokenizer.load(tok_path)
         self.input_names = [s.name for s in self.manifest.inputs]
+        # Trained on log-mel centred by the speaker's past: the caller (the daemon, edge-eval)
+        # keeps a SpeakerNormaliser per stream and hands its centre in WindowInputs.
+        self.audio_speaker_norm = bool(self.manifest.features.get("audio_speaker_norm", False))
 
     def feeds(self, inputs: WindowInputs) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
         # Modalities the model was not trained on are ignored, not an error: a video-less model
         # in a car with a camera still estimates from the rest.
         used = tuple(m for m in inputs.present() if m in self.modalities)
-        window = WindowInputs(**{m: getattr(inputs, m) for m in used})
+        window = WindowInputs(**{m: getattr(inputs, m) for m in used},
+                              audio_centre=inputs.audio_centre)
         try:
-            return featurise_windows([window], self.modalities, self.tokenizer), used
+            return self.featurise([window]), used
         except FeatureError as exc:
             raise BackendInputError(str(exc)) from exc
+
+    def featurise(self, windows: list[WindowInputs]) -> dict[str, np.ndarray]:
+        """Windows -> this model's graph feeds (engines.features, as in training)."""
+        return featurise_windows(windows, self.modalities, self.tokenizer,
+                                 self.audio_speaker_norm)
 
     def run_graph(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

@@ -71,12 +71,11 @@ def test_parity_gate_against_torch_on_cpu() -> None:
 @pytest.mark.timeout(300)
 def test_graph_cache_is_bounded() -> None:
     from engines.cuda_backend import MAX_GRAPHS, CudaGraphBackend
-    from engines.features import featurise_windows
 
     engine = load_backend(TINY, "cuda")
     assert isinstance(engine, CudaGraphBackend)
     for n in range(1, MAX_GRAPHS + 6):
-        feeds = featurise_windows([_window(n)] * n, engine.modalities, engine.tokenizer)
+        feeds = engine.featurise([_window(n)] * n)
         logits, _ = engine.run_graph(feeds)
         assert logits.shape[0] == n and np.isfinite(logits).all()
     assert len(engine.graphs) == MAX_GRAPHS
