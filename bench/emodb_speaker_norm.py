@@ -9,8 +9,9 @@ on the simplest honest model, so the next rebuild of the audio expert knows what
 - model: logistic regression (balanced classes); C chosen by an inner leave-one-speaker-out
   over the *training* speakers only; the test speaker is scored once per fold;
 - "causal speaker norm": each clip's features minus the mean (and, from the 6th clip on,
-  divided by the std) of the same speaker's *earlier* clips, in file order; no labels, no
-  future clips. Applied to every speaker alike (train and test).
+  divided by the std) of the same speaker's *earlier* clips in arrival order
+  (`engines.features.arrival_order`, a checksum order: EmoDB's file order sorts each speaker's
+  clips by emotion code); no labels, no later clips. Applied to every speaker alike.
 
     nice -n 19 .venv/bin/python bench/emodb_speaker_norm.py  # JSON in bench/results/
 """
@@ -28,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from engines.datasets import emodb_windows  # noqa: E402
-from engines.features import log_mel  # noqa: E402
+from engines.features import arrival_order, log_mel  # noqa: E402
 from engines.metrics import classification_metrics  # noqa: E402
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -47,11 +48,11 @@ def functionals(logmel: np.ndarray) -> np.ndarray:
     ])
 
 
-def causal_speaker_norm(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Each row normalised by the statistics of its speaker's earlier rows (file order)."""
+def causal_speaker_norm(x: np.ndarray, groups: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Each row normalised by the statistics of its speaker's rows earlier in `order`."""
     out = np.empty_like(x)
     for speaker in np.unique(groups):
-        rows = np.flatnonzero(groups == speaker)
+        rows = order[groups[order] == speaker]  # this speaker's rows, in arrival order
         for k, i in enumerate(rows):
             past = x[rows[:k]]
             centre = past.mean(0) if k else np.zeros(x.shape[1])
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         "features": int(x.shape[1]),
         "functionals + LR": loso_ua(x, y, groups),
         "functionals + causal speaker norm + LR (reported separately)":
-            loso_ua(causal_speaker_norm(x, groups), y, groups),
+            loso_ua(causal_speaker_norm(x, groups, arrival_order(
+                [w.audio for w in raw.windows])), y, groups),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))

@@ -30,6 +30,7 @@ from engines.datasets import (
     holdout_groups,
     meld_windows,
     synthetic_windows,
+    with_speaker_centres,
 )
 
 
@@ -53,7 +54,8 @@ def only(raw: LabelledWindows, modality: str) -> LabelledWindows:
     """Keep one modality of each window (generated windows carry all three)."""
     return LabelledWindows(
         name=raw.name, labels=raw.labels, groups=raw.groups, label_mask=raw.label_mask,
-        windows=[WindowInputs(**{modality: getattr(w, modality)}) for w in raw.windows])
+        windows=[WindowInputs(**{modality: getattr(w, modality)}, audio_centre=(
+            w.audio_centre if modality == "audio" else None)) for w in raw.windows])
 
 
 def split_windows(training: dict[str, Any], modalities: tuple[str, ...],
@@ -74,7 +76,8 @@ def split_windows(training: dict[str, Any], modalities: tuple[str, ...],
         return SplitWindows(train=train, heldout=heldout, source=source)
     root = Path(data_dir or training.get("data_dir", "../shared/data"))
     if "audio" in modalities:
-        raw = emodb_windows(root / "emodb" / "wav")
+        # each clip carries its speaker's causal centre (for models trained with it)
+        raw = with_speaker_centres(emodb_windows(root / "emodb" / "wav"))
         val = holdout_groups(raw.groups, frac, seed)
         train["audio"] = _take(raw, ~val, "emodb-train")
         heldout["audio"] = _take(raw, val, "emodb-validation-speakers")
@@ -115,7 +118,9 @@ def pattern_windows(parts: dict[str, LabelledWindows], pattern: tuple[str, ...],
     for c in labels:
         picks = {m: parts[m].windows[int(rng.choice(np.flatnonzero(parts[m].labels == c)))]
                  for m in pattern}
-        windows.append(WindowInputs(**{m: getattr(picks[m], m) for m in pattern}))
+        windows.append(WindowInputs(**{m: getattr(picks[m], m) for m in pattern},
+                                    audio_centre=picks["audio"].audio_centre
+                                    if "audio" in pattern else None))
     return LabelledWindows(name="SYNTHETIC " + "+".join(pattern), windows=windows,
                            labels=labels.astype(np.int64), groups=np.array(["synthetic"] * n),
                            label_mask=mask)

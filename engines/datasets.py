@@ -27,6 +27,7 @@ import numpy as np
 from engines.backend import AUDIO_RATE_HZ, FACE_SIZE, WindowInputs
 from engines.features import (
     Tokenizer,
+    arrival_order,
     causal_centres,
     causal_speaker_centred,
     face_frames,
@@ -137,12 +138,14 @@ def emodb_windows(wav_dir: Path) -> LabelledWindows:
 
 
 def load_emodb(wav_dir: Path, speaker_norm: bool = False) -> ModalityData:
-    """EmoDB log-mel; with `speaker_norm` each clip centred by its speaker's earlier clips (file
-    order: no future clip, no label), as the daemon centres a drive by its past."""
+    """EmoDB log-mel; with `speaker_norm` each clip centred by the clips of its speaker that
+    arrived earlier (`arrival_order`; no label, no later clip), as the daemon centres a drive
+    by its past."""
     raw = emodb_windows(wav_dir)
     logmel = np.stack([log_mel(w.audio) for w in raw.windows if w.audio is not None])
     if speaker_norm:
-        logmel = causal_speaker_centred(logmel, raw.groups)
+        order = arrival_order([w.audio for w in raw.windows])
+        logmel = causal_speaker_centred(logmel, raw.groups, order)
     return ModalityData(name="emodb", modality="audio", inputs={"audio_logmel": logmel},
                         labels=raw.labels, groups=raw.groups, label_mask=raw.label_mask)
 
@@ -306,6 +309,21 @@ def holdout_groups(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray
 
 
 # ------------------------------------------------------------------------- edge-eval hooks
+def with_speaker_centres(raw: LabelledWindows) -> LabelledWindows:
+    """Each audio window with its speaker's centre (`WindowInputs.audio_centre`), for models
+    trained with audio_speaker_norm: each group's (speaker's) clips, in a fixed pseudo-random
+    arrival order (`arrival_order`: file order sorts by emotion), are that speaker's stream,
+    and a clip is centred by the clips of its speaker that arrived before it, as the daemon
+    centres a drive by its past and as training did."""
+    windows = list(raw.windows)
+    audio = [(i, log_mel(w.audio)) for i, w in enumerate(windows) if w.audio is not None]
+    centres = causal_centres([lm for _, lm in audio], [raw.groups[i] for i, _ in audio],
+                             arrival_order([windows[i].audio for i, _ in audio]))
+    for (i, _), centre in zip(audio, centres, strict=True):
+        windows[i] = dataclasses.replace(windows[i], audio_centre=centre)
+    return dataclasses.replace(raw, windows=windows)
+
+
 def live_eval_set(model_dir: Path, raw: LabelledWindows, backend: str, batch: int = 64) -> Any:
     """Run raw windows through a model's backend (featurisation included, as the daemon does).
 
@@ -319,14 +337,7 @@ def live_eval_set(model_dir: Path, raw: LabelledWindows, backend: str, batch: in
     engine = load_backend(model_dir, backend)
     if not isinstance(engine, FeaturisingBackend):
         raise TypeError(f"backend {backend!r} cannot return raw logits")
-    windows = list(raw.windows)
-    if engine.audio_speaker_norm and any(w.audio is not None for w in windows):
-        # Each speaker's clips, in file order, are that speaker's stream: a clip is centred by
-        # the speaker's earlier clips only, as the daemon centres a drive by its past.
-        audio = [(i, log_mel(w.audio)) for i, w in enumerate(windows) if w.audio is not None]
-        centres = causal_centres([lm for _, lm in audio], [raw.groups[i] for i, _ in audio])
-        for (i, _), centre in zip(audio, centres, strict=True):
-            windows[i] = dataclasses.replace(windows[i], audio_centre=centre)
+    windows = with_speaker_centres(raw).windows if engine.audio_speaker_norm else raw.windows
     parts = []
     for s in range(0, len(windows), batch):
         feeds = engine.featurise(windows[s:s + batch])

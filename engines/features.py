@@ -165,23 +165,36 @@ def speaker_centred(logmel: np.ndarray, centre: np.ndarray | None) -> np.ndarray
     return (logmel - centre[:, None]).astype(np.float32)
 
 
-def causal_centres(logmels: Iterable[np.ndarray], streams: Iterable[Any]
-                   ) -> list[np.ndarray | None]:
-    """Windows of several streams (speakers), each stream's windows in time order -> each
-    window's centre from its stream's *earlier* windows only (training and edge-eval)."""
+def arrival_order(clips: Sequence[np.ndarray]) -> np.ndarray:
+    """The order in which a dataset's clips "arrive" as a stream: sorted by a checksum of
+    their samples, i.e. a fixed pseudo-random order that a clip keeps in any subset.
+
+    A dataset of separate clips has no time order, and its file order is not neutral: EmoDB's
+    names sort each speaker's clips by sentence, then by *emotion code*, so "the clips before
+    this one" would depend on its label. A checksum does not.
+    """
+    return np.argsort([zlib.crc32(np.ascontiguousarray(c).tobytes()) for c in clips],
+                      kind="stable")
+
+
+def causal_centres(logmels: Sequence[np.ndarray], streams: Sequence[Any],
+                   order: Sequence[int] | None = None) -> list[np.ndarray | None]:
+    """Windows of several streams (speakers) -> each window's centre from the windows of its
+    stream that came *earlier* in `order` (default: as given), for training and edge-eval."""
     norms: dict[Any, SpeakerNormaliser] = {}
-    centres = []
-    for logmel, stream in zip(logmels, streams, strict=True):
-        norm = norms.setdefault(stream, SpeakerNormaliser())
-        centres.append(norm.centre())
-        norm.update(logmel)
+    centres: list[np.ndarray | None] = [None] * len(logmels)
+    for i in range(len(logmels)) if order is None else order:
+        norm = norms.setdefault(streams[i], SpeakerNormaliser())
+        centres[i] = norm.centre()
+        norm.update(logmels[i])
     return centres
 
 
-def causal_speaker_centred(logmel: np.ndarray, streams: np.ndarray) -> np.ndarray:
-    """(N, N_MELS, T) -> every window centred by its stream's earlier windows."""
-    return np.stack([speaker_centred(lm, c)
-                     for lm, c in zip(logmel, causal_centres(logmel, streams), strict=True)])
+def causal_speaker_centred(logmel: np.ndarray, streams: np.ndarray, order: np.ndarray
+                           ) -> np.ndarray:
+    """(N, N_MELS, T) clips -> each centred by its speaker's clips earlier in `order`."""
+    centres = causal_centres(logmel, streams, order)
+    return np.stack([speaker_centred(lm, c) for lm, c in zip(logmel, centres, strict=True)])
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int = AUDIO_RATE_HZ) -> np.ndarray:

@@ -3,7 +3,8 @@
 #   grouped CV of the audio (EmoDB, leave-one-speaker-out) and video (CK+48, 10-fold by subject)
 #   experts, the final front-ends (epoch selected on held-out training groups), MoMKE stage 1,
 #   the mixing stage on SYNTHETIC label-matched triples, per-pattern temperatures, ONNX export
-#   with checker + torch/onnxruntime parity, the model card, and the front-end benchmark.
+#   with checker + torch/onnxruntime parity, the model card, and the front-end benchmark; the
+#   audio CV without the speaker normaliser for comparison.
 #   bash models/build_live.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ BIN=.venv/bin
 DATA=${EDGE_DATA_DIR:-../shared/data}
 RUN=${RUN:-runs/live}
 $BIN/edge-train-live configs/live.toml --out "$RUN" --data-dir "$DATA"
+# the audio expert's CV without the speaker normaliser, side by side in the model card
+$BIN/edge-train-live configs/live_audio_plain.toml --cv-only audio --out "$RUN/audio_plain" \
+  --data-dir "$DATA"
 $BIN/edge-export --checkpoint "$RUN/live.pt" --out models/live --data-dir "$DATA"
 cp "$RUN/live.pt" models/live/live.pt   # the torch reference backend loads it
 cp "$RUN/config.json" models/live/train_config.json

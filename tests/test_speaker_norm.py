@@ -18,6 +18,7 @@ from engines.backend import WindowInputs, load_backend
 from engines.features import (
     SPEAKER_NORM_MAX_WINDOWS,
     SpeakerNormaliser,
+    arrival_order,
     causal_centres,
     featurise_windows,
     log_mel,
@@ -186,15 +187,29 @@ def test_edge_eval_centres_each_emodb_clip_by_its_speakers_earlier_clips_only(
 
     assert Manifest.load(LIVE).features["audio_speaker_norm"] is True
     raw = emodb_windows(shared_data / "emodb" / "wav")
-    keep = np.flatnonzero(np.isin(raw.groups, np.unique(raw.groups)[:2]))[:40]
+    rows = np.flatnonzero(np.isin(raw.groups, np.unique(raw.groups)[:2]))[:40]
+    # the clips' arrival order (a checksum order, the same in training): first 30, then 10
+    arrival = rows[arrival_order([raw.windows[i].audio for i in rows])]
 
-    def logits(rows: np.ndarray) -> np.ndarray:
-        subset = dataclasses.replace(raw, windows=[raw.windows[i] for i in rows],
-                                     labels=raw.labels[rows], groups=raw.groups[rows])
+    def logits(subset_rows: np.ndarray) -> dict[int, np.ndarray]:
+        subset = dataclasses.replace(raw, windows=[raw.windows[i] for i in subset_rows],
+                                     labels=raw.labels[subset_rows],
+                                     groups=raw.groups[subset_rows])
         (got, _), = live_eval_set(LIVE, subset, "onnxruntime").logits.values()
-        return got
+        return dict(zip(subset_rows.tolist(), got, strict=True))
 
-    full, early = logits(keep), logits(keep[:25])
-    np.testing.assert_allclose(full[:25], early, rtol=1e-5, atol=1e-5)  # later clips: no effect
-    alone = logits(keep[24:25])  # the same clip as its speaker's first: no past, other centre
-    assert not np.allclose(alone[0], full[24])
+    full, early = logits(rows), logits(np.sort(arrival[:30]))
+    for i in arrival[:30]:  # clips that arrive later change nothing before them
+        np.testing.assert_allclose(full[i], early[i], rtol=1e-5, atol=1e-5)
+    last = int(arrival[-1])  # alone, it has no past: another centre, other logits
+    assert not np.allclose(logits(np.array([last]))[last], full[last])
+
+
+def test_arrival_order_is_a_clips_own_not_its_file_position() -> None:
+    clips = [speech(k)[: 1000 + k] for k in range(12)]
+    order = arrival_order(clips)
+    assert sorted(order.tolist()) == list(range(12)) and order.tolist() != list(range(12))
+    subset = [clips[i] for i in (1, 4, 5, 9)]
+    ranks = {k: int(np.flatnonzero(order == k)[0]) for k in (1, 4, 5, 9)}
+    want = sorted(range(4), key=lambda j: ranks[(1, 4, 5, 9)[j]])
+    assert arrival_order(subset).tolist() == want

@@ -77,6 +77,18 @@ def camera(port: int, face: Path | None) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(face or "-")])
 
 
+def wait_listening(port: int, timeout_s: float = 20.0) -> None:
+    """Until the camera server accepts connections (its Python start takes a while)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the camera server never listened"
+            time.sleep(0.05)
+
+
 def video(e: dict[str, Any]) -> str:
     return str(e["availability"]["video"])
 
@@ -88,6 +100,8 @@ def test_camera_vanishes_and_returns(tmp_path: Path, shared_data: Path) -> None:
     face = sorted((shared_data / "ckplus48" / "happy").glob("*.png"))[-1]
     port = free_port()
     server = camera(port, face)
+    # the first connect must succeed, or the sensor's first open counts as a reconnect
+    wait_listening(port)
     with rig(tmp_path, sensors=()) as r:
         col = r.collector
         sensor = spawn(
