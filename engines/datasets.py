@@ -142,10 +142,10 @@ def load_emodb(wav_dir: Path, speaker_norm: bool = False) -> ModalityData:
     arrived earlier (`arrival_order`; no label, no later clip), as the daemon centres a drive
     by its past."""
     raw = emodb_windows(wav_dir)
-    logmel = np.stack([log_mel(w.audio) for w in raw.windows if w.audio is not None])
+    clips = [w.audio for w in raw.windows if w.audio is not None]
+    logmel = np.stack([log_mel(a) for a in clips])
     if speaker_norm:
-        order = arrival_order([w.audio for w in raw.windows])
-        logmel = causal_speaker_centred(logmel, raw.groups, order)
+        logmel = causal_speaker_centred(logmel, raw.groups, arrival_order(clips))
     return ModalityData(name="emodb", modality="audio", inputs={"audio_logmel": logmel},
                         labels=raw.labels, groups=raw.groups, label_mask=raw.label_mask)
 
@@ -316,9 +316,9 @@ def with_speaker_centres(raw: LabelledWindows) -> LabelledWindows:
     and a clip is centred by the clips of its speaker that arrived before it, as the daemon
     centres a drive by its past and as training did."""
     windows = list(raw.windows)
-    audio = [(i, log_mel(w.audio)) for i, w in enumerate(windows) if w.audio is not None]
-    centres = causal_centres([lm for _, lm in audio], [raw.groups[i] for i, _ in audio],
-                             arrival_order([windows[i].audio for i, _ in audio]))
+    audio = [(i, w.audio) for i, w in enumerate(windows) if w.audio is not None]
+    centres = causal_centres([log_mel(a) for _, a in audio], [raw.groups[i] for i, _ in audio],
+                             arrival_order([a for _, a in audio]))
     for (i, _), centre in zip(audio, centres, strict=True):
         windows[i] = dataclasses.replace(windows[i], audio_centre=centre)
     return dataclasses.replace(raw, windows=windows)

@@ -105,14 +105,22 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
 
 
 VOICED_QUANTILE = 30  # a window's frames louder than its 30th energy percentile count as voice
+# Speech rises and falls syllable by syllable; cabin noise is steady. A window whose frame
+# log-energy spans less than this (10th to 90th percentile) holds no speech: stationary noise
+# spans ~0.3, every EmoDB clip more than 2.6 (so training is not affected by the gate).
+SPEECH_MIN_ENERGY_RANGE = 1.5
 SPEAKER_NORM_MAX_WINDOWS = 240  # beyond this the running mean forgets (~8 min of 2 s tiles)
 
 
 def voiced_band_mean(logmel: np.ndarray) -> np.ndarray | None:
     """(N_MELS, n_frames) -> per-band mean over the window's louder (voiced) frames, or None
-    when the window is (nearly) digital silence and says nothing about the speaker."""
+    when the window holds no speech (digital silence, steady noise) and says nothing about
+    the speaker."""
     energy = logmel.mean(0)  # (n_frames,)
     if np.count_nonzero(energy > np.log(LOG_FLOOR) + 1.0) < logmel.shape[1] // 4:
+        return None
+    low, high = np.percentile(energy, [10, 90])
+    if high - low < SPEECH_MIN_ENERGY_RANGE:
         return None
     voiced = energy > np.percentile(energy, VOICED_QUANTILE)
     return logmel[:, voiced].mean(1) if voiced.any() else logmel.mean(1)
@@ -126,7 +134,7 @@ class SpeakerNormaliser:
     or None before any. A model trained with `audio_speaker_norm` sees its log-mel minus that
     centre, which removes the voice's and the microphone's timbre and leaves how this window
     differs from the speaker's usual (where emotion shows). Training (EmoDB: each speaker's
-    clips in file order), edge-eval and the daemon (one stream per daemon, 2 s tiles of the
+    clips in `arrival_order`), edge-eval and the daemon (one stream per daemon, 2 s tiles of the
     audio) all use this class, so the featurisation is the same. Bounded: two sums; after
     SPEAKER_NORM_MAX_WINDOWS windows it forgets exponentially, so a new driver takes over.
     """
@@ -177,8 +185,9 @@ def arrival_order(clips: Sequence[np.ndarray]) -> np.ndarray:
                       kind="stable")
 
 
-def causal_centres(logmels: Sequence[np.ndarray], streams: Sequence[Any],
-                   order: Sequence[int] | None = None) -> list[np.ndarray | None]:
+def causal_centres(logmels: Sequence[np.ndarray] | np.ndarray,
+                   streams: Sequence[Any] | np.ndarray,
+                   order: Sequence[int] | np.ndarray | None = None) -> list[np.ndarray | None]:
     """Windows of several streams (speakers) -> each window's centre from the windows of its
     stream that came *earlier* in `order` (default: as given), for training and edge-eval."""
     norms: dict[Any, SpeakerNormaliser] = {}

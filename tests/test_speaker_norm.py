@@ -48,6 +48,8 @@ def test_the_centre_is_the_mean_of_earlier_voiced_windows_and_silence_is_ignored
     for lm in mels:
         norm.update(lm)
     norm.update(log_mel(np.zeros(32000, np.int16)))  # a muted stretch says nothing of the voice
+    cabin = np.random.default_rng(9).standard_normal(32000) * 2000  # nor does steady noise
+    norm.update(log_mel(cabin.astype(np.int16)))
     assert norm.count == 3
     want = np.mean([voiced_band_mean(lm) for lm in mels], axis=0)
     np.testing.assert_allclose(norm.centre(), want, rtol=1e-5)
@@ -114,10 +116,11 @@ def make_core(backend: Any, **window: Any) -> FusionCore:
 
 
 def feed(core: FusionCore, t_from_ns: int, t_to_ns: int) -> None:
-    """Audio frames (100 ms, louder as time goes on) and heartbeats every 100 ms."""
+    """Audio frames (100 ms of speech-like bursts, louder as time goes on) and heartbeats
+    every 100 ms."""
     for t in range(t_from_ns, t_to_ns, 100 * MS):
         k = t // (100 * MS)
-        chunk = speech(k, level=400 + 60 * k)[:1600]
+        chunk = speech(k // 20, level=400 + 60 * k)[(k % 20) * 1600:][:1600]
         for kind, data in (("frame", chunk), ("heartbeat", None)):
             header = wire.Header(sensor="mic", modality="audio", kind=kind, seq=2 * k +
                                  (kind == "heartbeat"), t_mono_ns=t + (kind == "heartbeat"),
