@@ -173,15 +173,17 @@ def speaker_centred(logmel: np.ndarray, centre: np.ndarray | None) -> np.ndarray
     return (logmel - centre[:, None]).astype(np.float32)
 
 
-def arrival_order(clips: Sequence[np.ndarray]) -> np.ndarray:
+def arrival_order(clips: Sequence[np.ndarray | str]) -> np.ndarray:
     """The order in which a dataset's clips "arrive" as a stream: sorted by a checksum of
-    their samples, i.e. a fixed pseudo-random order that a clip keeps in any subset.
+    their samples (or of their names), i.e. a fixed pseudo-random order that a clip keeps in
+    any subset.
 
     A dataset of separate clips has no time order, and its file order is not neutral: EmoDB's
     names sort each speaker's clips by sentence, then by *emotion code*, so "the clips before
     this one" would depend on its label. A checksum does not.
     """
-    return np.argsort([zlib.crc32(np.ascontiguousarray(c).tobytes()) for c in clips],
+    return np.argsort([zlib.crc32(c.encode() if isinstance(c, str)
+                                  else np.ascontiguousarray(c).tobytes()) for c in clips],
                       kind="stable")
 
 

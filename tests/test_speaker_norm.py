@@ -216,3 +216,40 @@ def test_arrival_order_is_a_clips_own_not_its_file_position() -> None:
     ranks = {k: int(np.flatnonzero(order == k)[0]) for k in (1, 4, 5, 9)}
     want = sorted(range(4), key=lambda j: ranks[(1, 4, 5, 9)[j]])
     assert arrival_order(subset).tolist() == want
+
+
+# ---------------------------------------------------------------------------- RAVDESS track
+def test_actor_centring_uses_only_the_actors_earlier_clips() -> None:
+    from engines.ravdess import actor_centred
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 2, 3))
+    actors = np.array([1, 2, 1, 1, 2, 1, 2, 2, 1])
+    order = np.array([4, 0, 2, 6, 8, 1, 3, 5, 7])
+    out = actor_centred(x, actors, order)
+    np.testing.assert_array_equal(out[0], 0)  # actor 1's first clip: no past
+    np.testing.assert_array_equal(out[4], 0)  # actor 2's first
+    np.testing.assert_allclose(out[8], x[8] - (x[0] + x[2]) / 2)  # actor 1, after 0 and 2
+    np.testing.assert_allclose(out[7], x[7] - (x[4] + x[6] + x[1]) / 3)  # actor 2: 4, 6, 1
+    changed = x.copy()
+    changed[[5, 7]] += 100.0  # the last to arrive change nothing before them
+    again = actor_centred(changed, actors, order)
+    np.testing.assert_array_equal(again[[4, 0, 2, 6, 8, 1, 3]], out[[4, 0, 2, 6, 8, 1, 3]])
+
+
+@pytest.mark.data
+def test_ravdess_actor_norm_streams_clips_in_checksum_order_not_file_order(
+        shared_data: Path) -> None:
+    from engines.ravdess import DEFAULT_NPZ, RavdessConfig, load_arrays
+
+    npz = shared_data / DEFAULT_NPZ
+    plain = load_arrays(npz, RavdessConfig())
+    normed = load_arrays(npz, RavdessConfig(actor_norm=True))
+    with np.load(npz, allow_pickle=False) as d:
+        order = arrival_order([str(k) for k in d["key"]])
+    assert not np.array_equal(order, np.arange(len(order)))
+    first = order[plain.actors[order] == 5][:3]  # actor 5's first three clips to arrive
+    np.testing.assert_array_equal(normed.video[first[0]], 0)
+    np.testing.assert_allclose(normed.video[first[2]],
+                               plain.video[first[2]] - plain.video[first[:2]].mean(0))
+    np.testing.assert_array_equal(normed.labels, plain.labels)
