@@ -69,6 +69,9 @@ def card(run: Path, model_dir: Path) -> str:
     metrics = json.loads((run / "metrics.json").read_text())
     manifest = Manifest.load(model_dir)
     size_kb = (model_dir / MODEL_NAME).stat().st_size / 1024
+    face = {"cnn": "48x48 face CNN", "hog": "48x48 face HOG (fixed, in-graph) + linear map",
+            "cnn+hog": "48x48 face CNN + HOG"}[
+        manifest.config.get("model", {}).get("video_branches", "cnn")]
     lines = [
         "# Model card: live (default model of emotion-edge)",
         "",
@@ -76,7 +79,7 @@ def card(run: Path, model_dir: Path) -> str:
         "MELD, see below). Code: Apache-2.0.",
         "",
         "## What it is",
-        f"- Front-ends (log-mel conv encoder, 48x48 face CNN, word + hashed-bigram text "
+        f"- Front-ends (log-mel conv encoder, {face}, word + hashed-bigram text "
         f"encoder) feeding MoMKE (one expert per modality, soft router per modality, fusion "
         f"head); one graph for all {2 ** len(manifest.modalities)} availability patterns.",
         f"- `model.onnx`: {size_kb:.0f} KiB, opset {manifest.opset}; inputs "

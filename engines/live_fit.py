@@ -111,8 +111,8 @@ def predict_frontend(fe: nn.Module, m: str, d: ModalityData, batch: int = 128) -
 
 def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityData, *,
                  epochs: int, lr: float, batch_size: int, weight_decay: float,
-                 select_on: str = "ua", class_weight_power: float = 1.0
-                 ) -> tuple[nn.Module, dict[str, Any]]:
+                 select_on: str = "ua", class_weight_power: float = 1.0,
+                 augmented: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Train front-end + pooled head; keep the epoch with the best validation `select_on`.
 
     Class weights (n / n_c) ** power: 1 = balanced (UA targets), 0.5 = milder (weighted-F1).
@@ -134,7 +134,9 @@ def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: Modalit
             idx = order[s:s + batch_size]
             if idx.size < 2:
                 continue  # BatchNorm needs two samples
-            x = augment(m, _tensors(train, idx), gen)
+            x = _tensors(train, idx)
+            if augmented:
+                x = augment(m, x, gen)
             tokens, mask = run_frontend(fe, m, x)
             logits = fe.forward_head(tokens, mask)
             y = torch.from_numpy(train.labels[idx])

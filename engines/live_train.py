@@ -69,6 +69,12 @@ class LiveTrainConfig:
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    # per front-end override of weight_decay (e.g. a linear map on 900 HOG features needs the
+    # strong L2 a logistic regression would have)
+    frontend_weight_decay: dict[str, float] = field(default_factory=dict)
+    # modalities trained without augmentation (engines.live_fit.augment): a fixed HOG map is
+    # not shift-invariant, and shifted crops only blur its cells
+    no_augment: tuple[str, ...] = ()
     epochs: dict[str, int] = field(default_factory=lambda: {"audio": 60, "video": 40,
                                                             "text": 12})
     select_on: dict[str, str] = field(default_factory=lambda: {"audio": "ua", "video": "ua",
@@ -174,8 +180,9 @@ def cross_validate(m: str, d: ModalityData, lm_cfg: LiveModelConfig, cfg: LiveTr
         torch.manual_seed(cfg.seed + k)
         fe, info = fit_frontend(m, lm_cfg.frontend_config(m), d.take(rest[~val_mask]),
                                 d.take(rest[val_mask]), epochs=cfg.epochs[m], lr=cfg.lr,
-                                batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-                                select_on=cfg.select_on[m],
+                                batch_size=cfg.batch_size,
+                                weight_decay=cfg.frontend_weight_decay.get(m, cfg.weight_decay),
+                                select_on=cfg.select_on[m], augmented=m not in cfg.no_augment,
                                 class_weight_power=cfg.class_weight_power[m])
         test = d.take(test_idx)
         logits = predict_frontend(fe, m, test)
@@ -223,7 +230,8 @@ def train_live(cfg: LiveTrainConfig) -> Path:
         torch.manual_seed(cfg.seed)
         fe, info = fit_frontend(m, lm_cfg.frontend_config(m), d.take(tr), d.take(va),
                                 epochs=cfg.epochs[m], lr=cfg.lr, batch_size=cfg.batch_size,
-                                weight_decay=cfg.weight_decay, select_on=cfg.select_on[m],
+                                weight_decay=cfg.frontend_weight_decay.get(m, cfg.weight_decay),
+                                select_on=cfg.select_on[m], augmented=m not in cfg.no_augment,
                                 class_weight_power=cfg.class_weight_power[m])
         model.frontends[m].load_state_dict(fe.state_dict())
         entry = metrics["experts"].setdefault(m, {})

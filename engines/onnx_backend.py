@@ -177,10 +177,10 @@ class CropTokenCache:
         try:
             model = onnx.load(str(model_path))
             graph = model.graph
-            # video_frames (Bv, T, 48, 48) -> Reshape -> (Bv*T, 1, 48, 48) -> CNN -> Gemm
+            # video_frames (Bv, T, 48, 48) -> Reshape -> (Bv*T, 1, 48, 48) -> CNN or HOG -> Gemm
             (reshape,) = [n for n in graph.node if "video_frames" in n.input]
-            gemms = [n for n in graph.node if n.op_type == "Gemm"
-                     and any(i.startswith("frontends.video.cnn.") for i in n.input)]
+            gemms = [n for n in graph.node if n.op_type == "Gemm" and any(
+                i.startswith(("frontends.video.cnn.", "frontends.video.hog.")) for i in n.input)]
             if reshape.op_type != "Reshape" or len(gemms) != 1:
                 return None
             crops_name, tokens_name = reshape.output[0], gemms[0].output[0]
