@@ -29,11 +29,11 @@ from engines.features import (
     Tokenizer,
     arrival_order,
     causal_centres,
-    causal_speaker_centred,
     face_frames,
     log_mel,
     normalise_text,
     resample,
+    speaker_centred,
 )
 
 LABELS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "fear", "disgust", "surprise")
@@ -142,10 +142,10 @@ def load_emodb(wav_dir: Path, speaker_norm: bool = False) -> ModalityData:
     arrived earlier (`arrival_order`; no label, no later clip), as the daemon centres a drive
     by its past."""
     raw = emodb_windows(wav_dir)
-    clips = [w.audio for w in raw.windows if w.audio is not None]
-    logmel = np.stack([log_mel(a) for a in clips])
-    if speaker_norm:
-        logmel = causal_speaker_centred(logmel, raw.groups, arrival_order(clips))
+    if speaker_norm:  # the same centres edge-eval and the INT8 calibration use
+        raw = with_speaker_centres(raw)
+    logmel = np.stack([speaker_centred(log_mel(w.audio), w.audio_centre) if speaker_norm
+                       else log_mel(w.audio) for w in raw.windows if w.audio is not None])
     return ModalityData(name="emodb", modality="audio", inputs={"audio_logmel": logmel},
                         labels=raw.labels, groups=raw.groups, label_mask=raw.label_mask)
 

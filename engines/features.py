@@ -201,12 +201,6 @@ def causal_centres(logmels: Sequence[np.ndarray] | np.ndarray,
     return centres
 
 
-def causal_speaker_centred(logmel: np.ndarray, streams: np.ndarray, order: np.ndarray
-                           ) -> np.ndarray:
-    """(N, N_MELS, T) clips -> each centred by its speaker's clips earlier in `order`."""
-    centres = causal_centres(logmel, streams, order)
-    return np.stack([speaker_centred(lm, c) for lm, c in zip(logmel, centres, strict=True)])
-
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int = AUDIO_RATE_HZ) -> np.ndarray:
     """Band-limited resampling of a whole clip via the FFT (fine for clips of a few seconds)."""
