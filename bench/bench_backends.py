@@ -52,7 +52,7 @@ def patterns(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def masked(ws: list[WindowInputs], pattern: tuple[str, ...]) -> list[WindowInputs]:
-    return [WindowInputs(**{m: getattr(w, m) for m in pattern}) for w in ws]
+    return [w.only(pattern) for w in ws]
 
 
 def time_calls(fn: Any, reps: int, warm: int = 5) -> list[float]:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     core = _time_ms(lambda: backend.run_graph(none_feeds), args.repeats)
     results["patterns"]["none"] = {"graph": core}
     for m in backend.modalities:
-        window = WindowInputs(**{m: getattr(full, m)})
+        window = full.only((m,))
         feat = _time_ms(lambda w=window: backend.featurise([w]), args.repeats)
         feeds = backend.featurise([window])
         graph = _time_ms(lambda f=feeds: backend.run_graph(f), args.repeats)

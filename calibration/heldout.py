@@ -54,8 +54,7 @@ def only(raw: LabelledWindows, modality: str) -> LabelledWindows:
     """Keep one modality of each window (generated windows carry all three)."""
     return LabelledWindows(
         name=raw.name, labels=raw.labels, groups=raw.groups, label_mask=raw.label_mask,
-        windows=[WindowInputs(**{modality: getattr(w, modality)}, audio_centre=(
-            w.audio_centre if modality == "audio" else None)) for w in raw.windows])
+        windows=[w.only((modality,)) for w in raw.windows])
 
 
 def split_windows(training: dict[str, Any], modalities: tuple[str, ...],
@@ -116,11 +115,9 @@ def pattern_windows(parts: dict[str, LabelledWindows], pattern: tuple[str, ...],
     labels = rng.choice(classes, size=n)
     windows = []
     for c in labels:
-        picks = {m: parts[m].windows[int(rng.choice(np.flatnonzero(parts[m].labels == c)))]
-                 for m in pattern}
-        windows.append(WindowInputs(**{m: getattr(picks[m], m) for m in pattern},
-                                    audio_centre=picks["audio"].audio_centre
-                                    if "audio" in pattern else None))
+        windows.append(WindowInputs.pick({
+            m: parts[m].windows[int(rng.choice(np.flatnonzero(parts[m].labels == c)))]
+            for m in pattern}))
     return LabelledWindows(name="SYNTHETIC " + "+".join(pattern), windows=windows,
                            labels=labels.astype(np.int64), groups=np.array(["synthetic"] * n),
                            label_mask=mask)

@@ -117,7 +117,7 @@ def outputs(engine: FeaturisingBackend, windows: list[WindowInputs], pattern: tu
             ) -> dict[str, np.ndarray]:
     """Logits, router, calibrated probs for the windows masked to `pattern`: batched and one by
     one (batch 1 is what the daemon runs, and what the CUDA backend captures per pattern)."""
-    masked = [WindowInputs(**{m: getattr(w, m) for m in pattern}) for w in windows]
+    masked = [w.only(pattern) for w in windows]
     batched = engine.run_graph(engine.featurise(masked))
     singles = [engine.run_graph(engine.featurise([w]))
                for w in masked]

@@ -92,16 +92,16 @@ def calibration_batches(train: dict[str, LabelledWindows], modalities: tuple[str
     windows: list[WindowInputs] = []
     for k in range(cfg.calib_windows):
         pattern = patterns[k % len(patterns)]
-        windows.append(WindowInputs(**{
-            m: getattr(train[m].windows[picks[m][k % len(picks[m])]], m) for m in pattern}))
+        windows.append(WindowInputs.pick({
+            m: train[m].windows[picks[m][k % len(picks[m])]] for m in pattern}))
     # every batch must hold each modality at least once: lead with the full pattern
     full = patterns[-1]
     batches = []
     for s in range(0, len(windows), cfg.calib_batch):
         chunk = windows[s:s + cfg.calib_batch]
         if pattern_key(full) not in {pattern_key(w.present()) for w in chunk}:
-            chunk = [WindowInputs(**{m: getattr(train[m].windows[picks[m][0]], m)
-                                     for m in full}), *chunk]
+            chunk = [WindowInputs.pick({m: train[m].windows[picks[m][0]] for m in full}),
+                     *chunk]
         batches.append(chunk)
     return batches
 

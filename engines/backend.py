@@ -10,7 +10,7 @@ TensorRT lazily, so that the default install (onnxruntime on CPU) never imports 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -47,6 +47,18 @@ class WindowInputs:
 
     def present(self) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if getattr(self, m) is not None)
+
+    @classmethod
+    def pick(cls, sources: Mapping[str, WindowInputs]) -> WindowInputs:
+        """Modality -> the window it comes from (a SYNTHETIC pairing may draw each modality from
+        another window); the audio centre travels with the audio."""
+        audio = sources.get("audio")
+        return cls(**{m: getattr(w, m) for m, w in sources.items()},
+                   audio_centre=None if audio is None else audio.audio_centre)
+
+    def only(self, modalities: Iterable[str]) -> WindowInputs:
+        """This window with only `modalities` (and the audio centre if audio stays)."""
+        return WindowInputs.pick({m: self for m in modalities})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -131,7 +131,7 @@ def check_parity(model: LiveModel, onnx_path: Path, tokenizer: Tokenizer | None,
     worst: dict[str, float] = {}
     for pattern in all_patterns(mods):
         key = pattern_key(pattern) or "none"
-        masked = [WindowInputs(**{m: getattr(w, m) for m in pattern}) for w in windows]
+        masked = [w.only(pattern) for w in windows]
         batches = {"real": featurise_windows(masked, mods, tokenizer,
                                              model.cfg.audio_speaker_norm),
                    "random": random_feeds(model, [pattern] * 4, rng)}

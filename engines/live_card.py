@@ -89,7 +89,7 @@ def card(run: Path, model_dir: Path) -> str:
         "- Windows: 2 s of 16 kHz audio, up to 20 face crops, the last 64 text tokens. "
         "Featurisation is numpy (`engines.features`), identical in training and inference.",
         *(["- Audio log-mel is centred by the speaker's own *earlier* voiced audio "
-           "(`SpeakerNormaliser`: EmoDB speakers' clips in file order in training and "
+           "(`SpeakerNormaliser`: each EmoDB speaker's clips in `arrival_order` in training and "
            "`edge-eval`, the drive's past 2 s tiles in the daemon); causal, unlabelled, and "
            "reported separately below."] if manifest.features.get("audio_speaker_norm") else []),
         "",

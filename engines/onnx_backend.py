@@ -64,10 +64,8 @@ class FeaturisingBackend:
         # Modalities the model was not trained on are ignored, not an error: a video-less model
         # in a car with a camera still estimates from the rest.
         used = tuple(m for m in inputs.present() if m in self.modalities)
-        window = WindowInputs(**{m: getattr(inputs, m) for m in used},
-                              audio_centre=inputs.audio_centre)
         try:
-            return self.featurise([window]), used
+            return self.featurise([inputs.only(used)]), used
         except FeatureError as exc:
             raise BackendInputError(str(exc)) from exc
 
@@ -96,7 +94,7 @@ class FeaturisingBackend:
             video=rng.integers(0, 255, (3, 48, 48), dtype=np.uint8), text=("hello there",))
         for r in range(len(MODALITIES) + 1):
             for mask in _subsets(self.modalities, r):
-                self.predict(WindowInputs(**{m: getattr(sample, m) for m in mask}))
+                self.predict(sample.only(mask))
 
 
 def _subsets(items: tuple[str, ...], r: int) -> list[tuple[str, ...]]:
