@@ -253,3 +253,21 @@ def test_ravdess_actor_norm_streams_clips_in_checksum_order_not_file_order(
     np.testing.assert_allclose(normed.video[first[2]],
                                plain.video[first[2]] - plain.video[first[:2]].mean(0))
     np.testing.assert_array_equal(normed.labels, plain.labels)
+
+
+def test_the_voiced_centre_does_not_depend_on_how_much_of_the_window_is_pause() -> None:
+    """A dataset clip is mostly speech, a 2 s tile of a drive is often half pause: the same
+    voice must give the same centre in both, or the daemon's inputs sit off training's."""
+    rng = np.random.default_rng(3)
+    voice = rng.standard_normal(32000) * 3000
+    quiet = rng.standard_normal(32000) * 20  # cabin hush between utterances
+
+    def window(speech_share: float) -> np.ndarray:
+        t = np.linspace(0, 8 * np.pi, 32000)
+        on = np.sin(t) > np.cos(np.pi * speech_share)  # `speech_share` of each cycle is voice
+        return np.where(on, voice, quiet).astype(np.int16)
+
+    mostly_speech = voiced_band_mean(log_mel(window(0.75)))
+    mostly_pause = voiced_band_mean(log_mel(window(0.3)))
+    assert mostly_speech is not None and mostly_pause is not None
+    assert np.mean(np.abs(mostly_speech - mostly_pause)) < 0.3
