@@ -108,9 +108,9 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
 # 95th energy percentile). Relative to the peak, not a quantile: a 2 s tile of a stream is
 # 20-60 % pauses, a dataset clip is mostly speech, and a quantile cut lands on the pause floor
 # in the one and inside the speech in the other (the daemon's centre then sat ~1 nat below
-# training's). Chosen label-free: centres of 2 s tiles of EmoDB speakers' clips strung with
-# pauses vs the same clips' own centres (speakers other than the one-voice drive's): offset
-# -1.35 nats with the old 30th-percentile cut, -0.13 with 3 nats from the peak.
+# training's). Chosen label-free (bench/voiced_cut.py): centres of 2 s tiles of EmoDB
+# speakers' clips strung with pauses vs the same clips' own centres (speakers other than the
+# one-voice drive's): offset -1.35 nats with the old 30th-percentile cut, -0.13 with this.
 VOICED_PEAK_DROP = 3.0
 # Speech rises and falls syllable by syllable; cabin noise is steady. A window whose frame
 # log-energy spans less than this (10th to 90th percentile) holds no speech: stationary noise
