@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from engines.backend import available_backends
-from engines.metrics import classification_metrics, confusion, reliability_bins, softmax
+from engines.metrics import (
+    classification_metrics,
+    confusion,
+    ece_if_calibrated,
+    reliability_bins,
+    softmax,
+)
 
 # flag -> "module:function"; an entry whose module lacks the function reports a clear error.
 EVALUATORS: dict[str, str] = {
@@ -124,8 +130,11 @@ def _torch_pattern_logits(
 def evaluate_set(es: EvalSet) -> dict[str, dict[str, float]]:
     result = {}
     for p, (logits, y) in es.logits.items():
-        m = classification_metrics(softmax(logits, es.temperatures.get(p, 1.0)), y)
+        probs = softmax(logits, es.temperatures.get(p, 1.0))
+        m = classification_metrics(probs, y)
         m["ece_uncalibrated"] = classification_metrics(softmax(logits), y)["ece"]
+        # the ECE a perfectly calibrated model would show at this n: the yardstick for `ece`
+        m["ece_if_calibrated_p95"] = ece_if_calibrated(probs, n_draws=200)["p95"]
         m["temperature"] = es.temperatures.get(p, 1.0)
         result[p] = m
     return result
@@ -180,10 +189,13 @@ def save_plots(es: EvalSet, stem: Path) -> list[Path]:
 
 def print_table(name: str, result: dict[str, dict[str, float]]) -> None:
     print(f"{name}")
-    cols = ("accuracy", "ua", "macro_f1", "weighted_f1", "ece", "ece_uncalibrated", "n")
-    print(f"  {'pattern':<18}" + "".join(f"{c:>17}" for c in cols))
+    cols = ("accuracy", "ua", "macro_f1", "weighted_f1", "ece", "ece_if_calibrated_p95",
+            "ece_uncalibrated", "n")
+    width = {c: max(10, len(c) + 2) for c in cols}
+    print(f"  {'pattern':<18}" + "".join(f"{c:>{width[c]}}" for c in cols))
     for p, m in result.items():
-        cells = "".join(f"{m[c]:>17d}" if c == "n" else f"{m[c]:>17.3f}" for c in cols)
+        cells = "".join(f"{m[c]:>{width[c]}d}" if c == "n" else f"{m[c]:>{width[c]}.3f}"
+                        for c in cols)
         print(f"  {p or '(none)':<18}{cells}")
 
 

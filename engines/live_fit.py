@@ -15,7 +15,7 @@ from engines.backend import pattern_key
 from engines.datasets import LABELS, ModalityData
 from engines.frontends import FrontendConfig, build_frontend, run_frontend
 from engines.live import LiveModel
-from engines.metrics import expected_calibration_error
+from engines.metrics import ece_if_calibrated, expected_calibration_error
 
 NEG = -1e4  # logit for a class the sample's dataset does not have
 
@@ -44,9 +44,22 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, label_mask: n
 
 
 def masked_ce(logits: Tensor, labels: Tensor, label_mask: Tensor,
-              weight: Tensor | None = None) -> Tensor:
-    """Cross-entropy over the classes the sample's dataset has; others cannot be negatives."""
-    return F.cross_entropy(logits.masked_fill(~label_mask, NEG), labels, weight=weight)
+              weight: Tensor | None = None, smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy over the classes the sample's dataset has; others cannot be negatives.
+
+    `smoothing` spreads that share of the target over the sample's *own* label set only
+    (F.cross_entropy's label_smoothing would also target the masked-out classes).
+    """
+    logits = logits.masked_fill(~label_mask, NEG)
+    if smoothing == 0.0:
+        return F.cross_entropy(logits, labels, weight=weight)
+    logp = F.log_softmax(logits, dim=-1)  # (B, C)
+    allowed = label_mask.to(logp.dtype)
+    target = (1 - smoothing) * F.one_hot(labels, logp.shape[-1]).to(logp.dtype) \
+        + smoothing * allowed / allowed.sum(-1, keepdim=True)
+    per_sample = -(target * logp * allowed).sum(-1)  # masked classes carry no target mass
+    w = weight[labels] if weight is not None else torch.ones_like(per_sample)
+    return (w * per_sample).sum() / w.sum()  # the weighted mean F.cross_entropy takes
 
 
 def _tensors(d: ModalityData, idx: np.ndarray, trim: bool = True) -> dict[str, Tensor]:
@@ -112,7 +125,8 @@ def predict_frontend(fe: nn.Module, m: str, d: ModalityData, batch: int = 128) -
 def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityData, *,
                  epochs: int, lr: float, batch_size: int, weight_decay: float,
                  select_on: str = "ua", class_weight_power: float = 1.0,
-                 augmented: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+                 augmented: bool = True, label_smoothing: float = 0.0
+                 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train front-end + pooled head; keep the epoch with the best validation `select_on`.
 
     Class weights (n / n_c) ** power: 1 = balanced (UA targets), 0.5 = milder (weighted-F1).
@@ -140,7 +154,8 @@ def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: Modalit
             tokens, mask = run_frontend(fe, m, x)
             logits = fe.forward_head(tokens, mask)
             y = torch.from_numpy(train.labels[idx])
-            loss = masked_ce(logits, y, label_mask.expand(len(idx), -1), weight)
+            loss = masked_ce(logits, y, label_mask.expand(len(idx), -1), weight,
+                             label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -379,5 +394,6 @@ def fit_temperatures(val_logits: dict[str, tuple[np.ndarray, np.ndarray]]
                        "half_temperatures": half_temps,
                        "ece_before": expected_calibration_error(_softmax(logits), labels),
                        "ece_after": expected_calibration_error(probs, labels),
+                       "ece_if_calibrated": ece_if_calibrated(probs),
                        "ece_after_protocol": "cross-fitted halves (even/odd)"}
     return temps, report

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from calibration.temperature import calibrate_run, fit_per_pattern, fit_temperature, main, nll
-from engines.metrics import classification_metrics, expected_calibration_error, softmax
+from engines.metrics import (
+    classification_metrics,
+    ece_if_calibrated,
+    expected_calibration_error,
+    softmax,
+)
 
 
 def _calibrated_logits(n: int, true_t: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +53,22 @@ def test_ece_of_a_perfect_and_a_wrong_confident_model() -> None:
     assert expected_calibration_error(perfect, y) == pytest.approx(0.0)
     wrong = np.eye(3)[(y + 1) % 3]
     assert expected_calibration_error(wrong, y) == pytest.approx(1.0)
+
+
+def test_the_calibrated_yardstick_separates_noise_from_a_real_miss() -> None:
+    # 60 items, like the audio validation speaker: a calibrated model's ECE is large by chance,
+    # and the yardstick must say so; an over-confident one (T = 3) must exceed it.
+    passes = 0
+    for seed in range(20):
+        logits, y = _calibrated_logits(60, 1.0, seed=100 + seed)
+        probs = softmax(logits)
+        null = ece_if_calibrated(probs, n_draws=200, seed=seed)
+        assert 0.05 < null["mean"] < null["p95"] < 0.4  # 15 bins, 60 items: noisy by nature
+        passes += expected_calibration_error(probs, y) <= null["p95"]
+    assert passes >= 16  # ~95% of calibrated draws fall under the 95% point
+    logits, y = _calibrated_logits(1500, 3.0, seed=7)
+    probs = softmax(logits)
+    assert expected_calibration_error(probs, y) > ece_if_calibrated(probs, n_draws=200)["p95"]
 
 
 def test_metrics_on_a_known_confusion() -> None:

@@ -21,6 +21,33 @@ def test_a_class_the_dataset_lacks_is_not_a_negative() -> None:
     assert logits.grad[0, LABELS.index("sad")] > 0
 
 
+def test_label_smoothing_stays_inside_the_dataset_label_set() -> None:
+    mask = torch.ones(4, len(LABELS), dtype=torch.bool)
+    mask[:, LABELS.index("neutral")] = False
+    labels = torch.tensor([LABELS.index(c) for c in ("happy", "sad", "angry", "fear")])
+    weight = torch.rand(len(LABELS)) + 0.5
+    logits = torch.randn(4, len(LABELS))
+    # smoothing 0 is exactly the weighted cross-entropy the recipe always used
+    plain = torch.nn.functional.cross_entropy(
+        logits.masked_fill(~mask, -1e4), labels, weight=weight)
+    assert torch.allclose(masked_ce(logits, labels, mask, weight, 0.0), plain)
+    assert torch.allclose(masked_ce(logits, labels, mask, weight, 1e-9), plain, atol=1e-5)
+    # with smoothing the absent class gets no gradient and the loss stays finite (the masked
+    # logit is -1e4: any target mass on it would add ~1e4 / n_classes to the loss)
+    x = logits.clone().requires_grad_(True)
+    loss = masked_ce(x, labels, mask, weight, 0.1)
+    loss.backward()
+    assert loss.item() < 10 and x.grad is not None
+    assert torch.all(x.grad[:, LABELS.index("neutral")] == 0)
+    # a near-certain correct logit is pushed further up without smoothing, down with it
+    sure = torch.zeros(4, len(LABELS))
+    sure[torch.arange(4), labels] = 12.0
+    for smoothing, sign in ((0.0, -1), (0.1, 1)):
+        z = sure.clone().requires_grad_(True)
+        masked_ce(z, labels, mask, weight, smoothing).backward()
+        assert z.grad is not None and torch.all(sign * z.grad[torch.arange(4), labels] > 0)
+
+
 def test_trimming_trailing_padding_is_exact() -> None:
     raw = synthetic_windows(6, seed=2)
     tok = Tokenizer.fit([t for w in raw.windows for t in (w.text or ())], min_count=1)
