@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.metrics import classification_metrics, softmax
+from engines.metrics import classification_metrics, ece_if_calibrated, softmax
 
 T_MIN, T_MAX = 0.05, 20.0
 
@@ -90,6 +90,8 @@ def calibrate_run(run_dir: Path) -> dict[str, object]:
         for p, (lg, y) in preds.get("test", {}).items():
             b = classification_metrics(softmax(lg), y)
             a = classification_metrics(softmax(lg, temps[p]), y)
+            # what a perfectly calibrated model would score on this fold's n (the yardstick)
+            a["ece_if_calibrated_p95"] = ece_if_calibrated(softmax(lg, temps[p]), 200)["p95"]
             before.setdefault(p, []).append(b)
             after.setdefault(p, []).append(a)
             o = oof.setdefault(p, {"before": [], "after": [], "labels": []})
@@ -144,14 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     pooled = result["test_pooled_out_of_fold"]
     assert isinstance(pooled, dict)
     print(
-        f"{'pattern':<14}{'accuracy':>16}{'ece before':>16}{'ece after':>16}{'pooled ece b/a':>18}"
+        f"{'pattern':<14}{'accuracy':>16}{'ece before':>16}{'ece after':>16}"
+        f"{'calibrated p95':>16}{'pooled ece b/a':>18}"
     )
     for p in sorted(a):
         acc, eb, ea = a[p]["accuracy"], b[p]["ece"], a[p]["ece"]
+        null = a[p]["ece_if_calibrated_p95"]
         pb, pa = pooled[p]["before"]["ece"], pooled[p]["after"]["ece"]
         print(
             f"{p:<14}{acc[0]:>9.3f} ± {acc[1]:.3f}{eb[0]:>9.3f} ± {eb[1]:.3f}"
-            f"{ea[0]:>9.3f} ± {ea[1]:.3f}{pb:>10.3f} / {pa:.3f}"
+            f"{ea[0]:>9.3f} ± {ea[1]:.3f}{null[0]:>16.3f}{pb:>10.3f} / {pa:.3f}"
         )
     return 0
 
