@@ -113,8 +113,13 @@ def calibrate_run(run_dir: Path) -> dict[str, object]:
         "pooled_val_temperatures": pooled_temps,
         "test_pooled_out_of_fold": {
             p: {
-                when: classification_metrics(np.concatenate(o[when]), np.concatenate(o["labels"]))
-                for when in ("before", "after")
+                **{
+                    when: classification_metrics(
+                        np.concatenate(o[when]), np.concatenate(o["labels"])
+                    )
+                    for when in ("before", "after")
+                },
+                "ece_if_calibrated_p95": ece_if_calibrated(np.concatenate(o["after"]), 200)["p95"],
             }
             for p, o in oof.items()
         },
