@@ -1,0 +1,128 @@
+"""Nested leave-one-group-out selection between variants of the live recipe.
+
+With one validation speaker per fold (EmoDB: 8 public speakers), a variant's validation UA moves
+more with the seed and the epoch than the variants differ, so "best mean validation UA" ranks
+them no better than chance (README, "Live model"). Nested CV scores each variant by the same
+statistic as the target instead: for every outer fold, the variant's grouped CV over that fold's
+*training* groups only (leave one of them out at a time; each inner training still picks its
+epoch on its own held-out group). The variant with the best inner mean is the fold's choice,
+and the fold's test score is that variant's. The mean over the outer folds estimates the whole
+procedure, selection included, on groups it never saw; the variant to ship is the one with the
+best inner mean over all outer folds.
+
+    python -m engines.live_select score configs/live.toml --set lr=1e-3 --out runs/select/lr.json
+    python -m engines.live_select choose runs/select/*.json --json runs/select/choice.json
+
+`--set KEY=VALUE` overrides one LiveTrainConfig field (dotted for a nested table, VALUE in TOML:
+`--set epochs.audio=60`, `--set model.frontend_dropout=0.3`), so each variant is the shipped
+config plus the one line it changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.datasets import group_kfold
+from engines.live import LiveModelConfig
+from engines.live_train import LiveTrainConfig, cross_validate, load_data
+
+
+def with_overrides(cfg: LiveTrainConfig, overrides: list[str]) -> LiveTrainConfig:
+    """`key.sub=toml_value` strings applied to a copy of the config's fields."""
+    fields = dataclasses.asdict(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+        *parents, leaf = key.split(".")
+        node = fields
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = tomllib.loads(f"v = {value}")["v"]
+    return LiveTrainConfig(**fields)
+
+
+def score(cfg: LiveTrainConfig, modality: str, name: str) -> dict[str, Any]:
+    """Per outer fold: the inner grouped-CV mean UA (training groups only) and the test UA."""
+    torch.set_num_threads(1)
+    data, tok, _ = load_data(cfg)
+    d = data[modality]
+    lm_cfg = LiveModelConfig(**{**cfg.model, "text_vocab": tok.n_ids})
+    outer = cross_validate(modality, d, lm_cfg, cfg)  # the usual report: test UA per fold
+    folds = group_kfold(d.groups, cfg.cv_folds.get(modality, 5))
+    rows = []
+    for k, test_idx in enumerate(folds):
+        rest = np.setdiff1d(np.arange(len(d)), test_idx)
+        n_inner = len(np.unique(d.groups[rest]))  # leave one training group out at a time
+        inner_cfg = dataclasses.replace(cfg, cv_folds={modality: n_inner})
+        inner = cross_validate(modality, d.take(rest), lm_cfg, inner_cfg)
+        rows.append({"fold": k, "inner_ua": inner["summary"]["ua"]["mean"],
+                     "test_ua": outer["folds"][k]["ua"], "val_ua": outer["folds"][k]["val_ua"]})
+        print(f"[{name}] outer fold {k}: inner UA {rows[-1]['inner_ua']:.3f} "
+              f"test UA {rows[-1]['test_ua']:.3f}", flush=True)
+    return {"config": name, "modality": modality, "folds": rows}
+
+
+def choose(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per outer fold, the variant with the best inner UA; the nested estimate; the pick."""
+    n_folds = len(scores[0]["folds"])
+    if any(len(s["folds"]) != n_folds for s in scores):
+        raise ValueError("every variant must be scored on the same outer folds")
+    per_fold = []
+    for k in range(n_folds):
+        best = max(scores, key=lambda s: s["folds"][k]["inner_ua"])
+        per_fold.append({"fold": k, "chosen": best["config"],
+                         "test_ua": best["folds"][k]["test_ua"]})
+    mean_inner = {s["config"]: float(np.mean([f["inner_ua"] for f in s["folds"]]))
+                  for s in scores}
+    tests = [f["test_ua"] for f in per_fold]
+    return {"nested_test_ua": {"mean": float(np.mean(tests)), "std": float(np.std(tests))},
+            "per_fold": per_fold, "mean_inner_ua": mean_inner,
+            "ship": max(mean_inner, key=lambda c: mean_inner[c]),
+            "test_ua_per_variant": {s["config"]: float(np.mean([f["test_ua"] for f in s["folds"]]))
+                                    for s in scores}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engines.live_select",
+                                 description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("score", help="nested CV of one variant (an edge-train-live TOML)")
+    s.add_argument("config", type=Path)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (TOML value); repeatable")
+    s.add_argument("--modality", choices=("audio", "video"), default="audio")
+    s.add_argument("--out", type=Path, required=True, help="JSON; its stem names the variant")
+    c = sub.add_parser("choose", help="pick between scored variants")
+    c.add_argument("scores", type=Path, nargs="+")
+    c.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.cmd == "score":
+        cfg = with_overrides(LiveTrainConfig.from_toml(args.config), args.set)
+        result = score(cfg, args.modality, args.out.stem)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        return 0
+    result = choose([json.loads(p.read_text()) for p in args.scores])
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(f"{'variant':<40}{'inner UA (selection)':>22}{'test UA (reported)':>20}")
+    for name, inner in sorted(result["mean_inner_ua"].items(), key=lambda kv: -kv[1]):
+        print(f"{name:<40}{inner:>22.3f}{result['test_ua_per_variant'][name]:>20.3f}")
+    est = result["nested_test_ua"]
+    print(f"nested estimate (selection included): UA {est['mean']:.3f} ± {est['std']:.3f}; "
+          f"ship {result['ship']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
