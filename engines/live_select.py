@@ -1,12 +1,13 @@
-"""Nested leave-one-group-out selection between variants of the live recipe.
+"""Nested grouped-CV selection between variants of the live recipe.
 
 With one validation speaker per fold (EmoDB: 8 public speakers), a variant's validation UA moves
 more with the seed and the epoch than the variants differ, so "best mean validation UA" ranks
 them no better than chance (README, "Live model"). Nested CV scores each variant by the same
 statistic as the target instead: for every outer fold, the variant's grouped CV over that fold's
-*training* groups only (leave one of them out at a time; each inner training still picks its
-epoch on its own held-out group). The variant with the best inner mean is the fold's choice,
-and the fold's test score is that variant's. The mean over the outer folds estimates the whole
+*training* groups only (the same grouped folds: leave one speaker out for EmoDB, 10 folds by
+subject for CK+; each inner training still picks its epoch on its own held-out groups). The
+variant with the best inner mean is the fold's choice, and the fold's test score is that
+variant's. The mean over the outer folds estimates the whole
 procedure, selection included, on groups it never saw: that is the number to claim. The variant
 to ship is what the same rule picks when every group is available: the best grouped-CV UA over
 all groups (the outer folds' scores). That score is optimistic for the variant it picks (it
@@ -64,7 +65,9 @@ def score(cfg: LiveTrainConfig, modality: str, name: str) -> dict[str, Any]:
     rows = []
     for k, test_idx in enumerate(folds):
         rest = np.setdiff1d(np.arange(len(d)), test_idx)
-        n_inner = len(np.unique(d.groups[rest]))  # leave one training group out at a time
+        # the outer protocol on the training groups: leave one out where there are as few
+        # groups as folds (EmoDB: 7 training speakers), else the same number of folds (CK+)
+        n_inner = min(cfg.cv_folds.get(modality, 5), len(np.unique(d.groups[rest])))
         inner_cfg = dataclasses.replace(cfg, cv_folds={modality: n_inner})
         inner = cross_validate(modality, d.take(rest), lm_cfg, inner_cfg)
         rows.append({"fold": k, "inner_ua": inner["summary"]["ua"]["mean"],
