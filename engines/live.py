@@ -33,7 +33,8 @@ class LiveModelConfig:
     token_dim: int = 64  # front-end output = MoMKE input dim
     frontend_width: dict[str, int] = field(
         default_factory=lambda: {"audio": 32, "video": 16, "text": 32})
-    frontend_dropout: float = 0.2
+    # one rate for every front-end, or per modality ({"audio": 0.3}; unnamed ones get 0.2)
+    frontend_dropout: float | dict[str, float] = 0.2
     text_vocab: int = 0  # Tokenizer.n_ids; required when "text" is in modalities
     text_embed: int = 64
     audio_norm: str = "window"
@@ -50,9 +51,14 @@ class LiveModelConfig:
         if list(self.modalities) != [m for m in MODALITIES if m in self.modalities]:
             raise ValueError(f"modalities must be a subset of {MODALITIES} in that order")
 
+    def dropout(self, modality: str) -> float:
+        if isinstance(self.frontend_dropout, dict):
+            return float(self.frontend_dropout.get(modality, 0.2))
+        return float(self.frontend_dropout)
+
     def frontend_config(self, modality: str) -> FrontendConfig:
         return FrontendConfig(n_classes=len(self.labels), width=self.frontend_width[modality],
-                              dim=self.token_dim, dropout=self.frontend_dropout,
+                              dim=self.token_dim, dropout=self.dropout(modality),
                               text_vocab=self.text_vocab, text_embed=self.text_embed,
                               audio_norm=self.audio_norm, audio_stats=self.audio_stats,
                               video_branches=self.video_branches)

@@ -66,3 +66,12 @@ def test_score_and_choose_run_end_to_end_on_generated_data(tmp_path, capsys) -> 
     choice = json.loads((tmp_path / "choice.json").read_text())
     assert choice["ship"] in ("base", "smooth") and len(choice["per_fold"]) == 3
     assert all(0.0 <= f["test_ua"] <= 1.0 for f in choice["per_fold"])
+
+
+def test_front_end_dropout_can_differ_per_modality() -> None:
+    from engines.live import LiveModelConfig
+
+    per = LiveModelConfig(frontend_dropout={"audio": 0.3}, text_vocab=8)
+    assert per.frontend_config("audio").dropout == 0.3
+    assert per.frontend_config("video").dropout == 0.2  # unnamed: the recipe's default
+    assert LiveModelConfig(frontend_dropout=0.1).frontend_config("text").dropout == 0.1
