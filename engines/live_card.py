@@ -116,6 +116,20 @@ def card(run: Path, model_dir: Path) -> str:
             lines.append(f"| {m} | {cv['protocol']}{note} | {_fmt(s, 'ua')} | "
                          f"{_fmt(s, 'accuracy')} | {_fmt(s, 'macro_f1')} | "
                          f"{_fmt(s, 'weighted_f1')} | {TARGETS[m]} |")
+    for m in ("audio", "video"):
+        # models/select_live.sh's choice, copied beside the model: the recipe was picked among
+        # variants on the same folds, so the CV row above is the best of several (optimistic)
+        # and the nested estimate is the number that holds for unseen speakers / subjects
+        path = model_dir / f"selection_{m}.json"
+        if path.is_file():
+            sel = json.loads(path.read_text())
+            est = sel["nested_test_ua"]
+            lines.append(f"| {m} | **nested estimate**: the recipe chosen among "
+                         f"{len(sel['mean_inner_ua'])} variants by grouped CV on each fold's "
+                         f"training groups (`engines/live_select.py`), selection included; the "
+                         f"CV row above is the shipped variant ({sel['ship']}), the best of them "
+                         f"| **{est['mean']:.3f} ± {est['std']:.3f}** | - | - | - | "
+                         f"{TARGETS[m]} |")
     dev = metrics.get("experts", {}).get("text", {}).get("dev")
     if dev:
         lines.append(f"| text | MELD train (epoch chosen on 15% held-out train dialogues), "

@@ -50,6 +50,8 @@ def with_overrides(cfg: LiveTrainConfig, overrides: list[str]) -> LiveTrainConfi
         node = fields
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {p!r} is not a table")
         node[leaf] = tomllib.loads(f"v = {value}")["v"]
     return LiveTrainConfig(**fields)
 
