@@ -244,13 +244,15 @@ class Daemon:
 
     def _publish_estimates(self, estimates: list[dict[str, Any]]) -> None:
         for estimate in estimates:
+            estimate["clock"] = self.config.clock
+            estimate["health"] = self.health()
+            # stamped last, so the stamp is the send: building the health report is the
+            # daemon's work, not the wire's, and belongs before it (in beyond_close_ms)
             t_publish = self.clock.now_ns() if self.event_clock else monotonic_ns()
             newest = estimate["newest_frame_ns"]
             estimate["t_publish_ns"] = t_publish
             estimate["latency_ms"] = None if newest is None else (t_publish - newest) / 1e6
             estimate["beyond_close_ms"] = (t_publish - estimate["t_close_ns"]) / 1e6
-            estimate["clock"] = self.config.clock
-            estimate["health"] = self.health()
             self._publish("estimate", estimate)
             if self._jsonl is not None:
                 self._jsonl.write(json.dumps(estimate, separators=(",", ":")) + "\n")
