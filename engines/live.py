@@ -25,6 +25,8 @@ from engines.datasets import LABELS
 from engines.frontends import INPUT_SHAPES, FrontendConfig, build_frontend, run_frontend
 from engines.momke import MoMKE, MoMKEConfig, MoMKEOutput
 
+DEFAULT_DROPOUT = 0.2
+
 
 @dataclass(frozen=True, kw_only=True)
 class LiveModelConfig:
@@ -33,8 +35,9 @@ class LiveModelConfig:
     token_dim: int = 64  # front-end output = MoMKE input dim
     frontend_width: dict[str, int] = field(
         default_factory=lambda: {"audio": 32, "video": 16, "text": 32})
-    # one rate for every front-end, or per modality ({"audio": 0.3}; unnamed ones get 0.2)
-    frontend_dropout: float | dict[str, float] = 0.2
+    # one rate for every front-end, or per modality ({"audio": 0.3}; unnamed ones get
+    # DEFAULT_DROPOUT)
+    frontend_dropout: float | dict[str, float] = DEFAULT_DROPOUT
     text_vocab: int = 0  # Tokenizer.n_ids; required when "text" is in modalities
     text_embed: int = 64
     audio_norm: str = "window"
@@ -53,7 +56,7 @@ class LiveModelConfig:
 
     def dropout(self, modality: str) -> float:
         if isinstance(self.frontend_dropout, dict):
-            return float(self.frontend_dropout.get(modality, 0.2))
+            return float(self.frontend_dropout.get(modality, DEFAULT_DROPOUT))
         return float(self.frontend_dropout)
 
     def frontend_config(self, modality: str) -> FrontendConfig:

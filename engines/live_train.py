@@ -75,8 +75,8 @@ class LiveTrainConfig:
     # modalities trained without augmentation (engines.live_fit.augment): a fixed HOG map is
     # not shift-invariant, and shifted crops only blur its cells
     no_augment: tuple[str, ...] = ()
-    # per front-end label smoothing over the dataset's own classes (tried at 0.05 / 0.1: lower
-    # validation UA on audio, mixed per fold on video; README "Live model"), off when absent
+    # per front-end label smoothing over the dataset's own classes, off when absent (0.05 / 0.1
+    # were variants of the nested selection, not picked for either expert; README "Live model")
     label_smoothing: dict[str, float] = field(default_factory=dict)
     epochs: dict[str, int] = field(default_factory=lambda: {"audio": 60, "video": 40,
                                                             "text": 12})
