@@ -207,8 +207,11 @@ def card(run: Path, model_dir: Path) -> str:
               "surprise. The fused model can only be as good as the expert that saw a class.",
               "- Multimodal numbers are SYNTHETIC (see above).",
               "- Targets not reached are reported as measured, not tuned on the test folds.",
+              "- Where the recipe was chosen among variants on the same folds, the CV row is the "
+              "best of several; the nested estimate beside it is the number for unseen people.",
               "", "## Rebuild", "`bash models/build_live.sh` (CPU; reads ../shared/data or "
-              "$EDGE_DATA_DIR).", ""]
+              "$EDGE_DATA_DIR). The recipe choice behind `configs/live.toml`: "
+              "`bash models/select_live.sh` (~60 min; writes `selection_*.json` here).", ""]
     return "\n".join(lines)
 
 
