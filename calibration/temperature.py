@@ -88,15 +88,16 @@ def calibrate_run(run_dir: Path) -> dict[str, object]:
             pooled.setdefault(p, []).append(v)
         rows: dict[str, object] = {"temperatures": temps}
         for p, (lg, y) in preds.get("test", {}).items():
-            b = classification_metrics(softmax(lg), y)
-            a = classification_metrics(softmax(lg, temps[p]), y)
+            raw, calibrated = softmax(lg), softmax(lg, temps[p])
+            b = classification_metrics(raw, y)
+            a = classification_metrics(calibrated, y)
             # what a perfectly calibrated model would score on this fold's n (the yardstick)
-            a["ece_if_calibrated_p95"] = ece_if_calibrated(softmax(lg, temps[p]), 200)["p95"]
+            a["ece_if_calibrated_p95"] = ece_if_calibrated(calibrated, 200)["p95"]
             before.setdefault(p, []).append(b)
             after.setdefault(p, []).append(a)
             o = oof.setdefault(p, {"before": [], "after": [], "labels": []})
-            o["before"].append(softmax(lg))
-            o["after"].append(softmax(lg, temps[p]))
+            o["before"].append(raw)
+            o["after"].append(calibrated)
             o["labels"].append(y)
             rows[p] = {"before": b, "after": a}
         per_split[d.name] = rows

@@ -26,6 +26,12 @@ def _f1_per_class(cm: np.ndarray) -> np.ndarray:
     return np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
+def _confidence_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index per confidence: n_bins equal-width bins on [0, 1], right edges inclusive."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+
+
 def expected_calibration_error(
     probs: np.ndarray, y_true: np.ndarray, n_bins: int = ECE_BINS
 ) -> float:
@@ -35,8 +41,7 @@ def expected_calibration_error(
         return float("nan")
     conf = probs.max(1)
     correct = (probs.argmax(1) == np.asarray(y_true)).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    bins = _confidence_bins(conf, n_bins)
     ece = 0.0
     for b in range(n_bins):
         sel = bins == b
@@ -59,11 +64,16 @@ def ece_if_calibrated(probs: np.ndarray, n_draws: int = 500, seed: int = 0
         return {"mean": float("nan"), "p95": float("nan")}
     rng = np.random.default_rng(seed)
     cdf = np.cumsum(probs / probs.sum(1, keepdims=True), axis=1)  # (n, C)
+    conf, pred = probs.max(1), probs.argmax(1)
+    # the confidences and their bins are the same in every draw; only the labels change
+    bins = _confidence_bins(conf, ECE_BINS)
+    conf_sum = np.bincount(bins, weights=conf, minlength=ECE_BINS)
     draws = []
     for _ in range(n_draws):
         u = rng.random((len(probs), 1))
         labels = np.minimum((u > cdf).sum(1), probs.shape[1] - 1)  # inverse-CDF sample per row
-        draws.append(expected_calibration_error(probs, labels))
+        correct = np.bincount(bins, weights=(labels == pred), minlength=ECE_BINS)
+        draws.append(float(np.abs(correct - conf_sum).sum() / len(probs)))
     return {"mean": float(np.mean(draws)), "p95": float(np.percentile(draws, 95))}
 
 
@@ -73,8 +83,7 @@ def reliability_bins(
     """Per bin: mean confidence, accuracy, count (NaN where a bin is empty) for diagrams."""
     conf = probs.max(1)
     correct = (probs.argmax(1) == y_true).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    bins = _confidence_bins(conf, n_bins)
     mean_conf = np.full(n_bins, np.nan)
     acc = np.full(n_bins, np.nan)
     count = np.zeros(n_bins, dtype=np.int64)
