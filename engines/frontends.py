@@ -36,6 +36,7 @@ class FrontendConfig:
     # Face branches: "cnn" (learned), "hog" (fixed histogram-of-oriented-gradients features +
     # linear map, in-graph), "cnn+hog" (their sum per crop token).
     video_branches: str = "cnn"
+    hog_cells: tuple[int, ...] = (8,)  # HOG cell sizes in pixels, concatenated (HOG.cells)
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.dim < 1 or not 0 <= self.dropout < 1:
@@ -108,20 +109,27 @@ class AudioFrontend(_PooledHead):
 class HOG(nn.Module):
     """Histogram of oriented gradients as fixed tensor ops (exports to ONNX, no atan2).
 
-    (N, 1, 48, 48) -> (N, 900): 9 unsigned orientation bins, 8x8-pixel cells, 2x2-cell blocks
-    with stride one cell, L2-Hys block normalisation (the layout of cv2.HOGDescriptor((48, 48),
-    (16, 16), (8, 8), (8, 8), 9)). Orientation binning is soft: bin k gets the gradient
-    magnitude times relu(cos(2 (theta - phi_k)))^4, computed from the double-angle identities
+    (N, 1, 48, 48) -> (N, n_out): 9 unsigned orientation bins, square cells of each size in
+    `cells`, 2x2-cell blocks with stride one cell, L2-Hys block normalisation; at cell 8 this is
+    the layout of cv2.HOGDescriptor((48, 48), (16, 16), (8, 8), (8, 8), 9), 900 values. Several
+    cell sizes share the gradients and the orientation binning and concatenate their blocks
+    (cell 4 adds 11x11 blocks, 4356 values: finer detail around the eyes and mouth).
+    Orientation binning is soft: bin k gets the gradient magnitude times
+    relu(cos(2 (theta - phi_k)))^4, computed from the double-angle identities
     cos 2theta = (gx^2 - gy^2) / |g|^2 and sin 2theta = 2 gx gy / |g|^2.
     """
 
-    n_bins, cell = 9, 8
+    n_bins, side = 9, 48
     kernels: Tensor
     cos2phi: Tensor
     sin2phi: Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, cells: tuple[int, ...] = (8,)) -> None:
         super().__init__()
+        if not cells or any(c < 2 or self.side % c for c in cells):
+            raise ValueError(f"HOG cell sizes must divide {self.side}, got {cells}")
+        self.cells = tuple(cells)
+        self.n_out = sum(4 * self.n_bins * (self.side // c - 1) ** 2 for c in self.cells)
         k = torch.tensor([[0.0, 0.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
         self.register_buffer("kernels", torch.stack([k, k.t()])[:, None])  # (2, 1, 3, 3)
         phi = torch.arange(self.n_bins, dtype=torch.float32) * torch.pi / self.n_bins
@@ -138,13 +146,18 @@ class HOG(nn.Module):
         mag = mag2.sqrt()
         cos2, sin2 = (gx * gx - gy * gy) / mag2, 2 * gx * gy / mag2  # (N, 1, H, W)
         align = torch.relu(cos2 * self.cos2phi + sin2 * self.sin2phi)  # (N, 9, H, W)
-        cells = nn.functional.avg_pool2d(mag * align ** 4, self.cell)  # (N, 9, 6, 6)
+        oriented = mag * align ** 4  # (N, 9, 48, 48)
+        return torch.cat([self._blocks(oriented, c) for c in self.cells], dim=1)  # (N, n_out)
+
+    @staticmethod
+    def _blocks(oriented: Tensor, cell: int) -> Tensor:
+        cells = nn.functional.avg_pool2d(oriented, cell)  # (N, 9, n, n), n = 48 / cell
         blocks = torch.cat([cells[:, :, :-1, :-1], cells[:, :, 1:, :-1],
-                            cells[:, :, :-1, 1:], cells[:, :, 1:, 1:]], dim=1)  # (N, 36, 5, 5)
+                            cells[:, :, :-1, 1:], cells[:, :, 1:, 1:]], dim=1)  # (N, 36, n-1, n-1)
         blocks = blocks / blocks.pow(2).sum(1, keepdim=True).clamp(min=1e-4).sqrt()
         blocks = blocks.clamp(max=0.2)
         blocks = blocks / blocks.pow(2).sum(1, keepdim=True).clamp(min=1e-4).sqrt()
-        return blocks.flatten(1)  # (N, 900)
+        return blocks.flatten(1)  # (N, 36 (n-1)^2): 900 at cell 8
 
 
 class VideoFrontend(_PooledHead):
@@ -164,7 +177,8 @@ class VideoFrontend(_PooledHead):
                                   block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Dropout(cfg.dropout), nn.Linear(4 * w, cfg.dim))
                     if "cnn" in cfg.video_branches else None)
-        self.hog = (nn.Sequential(HOG(), nn.Dropout(cfg.dropout), nn.Linear(900, cfg.dim))
+        hog = HOG(tuple(cfg.hog_cells))
+        self.hog = (nn.Sequential(hog, nn.Dropout(cfg.dropout), nn.Linear(hog.n_out, cfg.dim))
                     if "hog" in cfg.video_branches else None)
 
     def forward_features(self, frames: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

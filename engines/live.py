@@ -46,11 +46,13 @@ class LiveModelConfig:
     # (engines.features.SpeakerNormaliser); export writes it to the manifest's `features`.
     audio_speaker_norm: bool = False
     video_branches: str = "cnn"  # FrontendConfig.video_branches
+    hog_cells: tuple[int, ...] = (8,)  # FrontendConfig.hog_cells
     momke: dict[str, Any] = field(default_factory=dict)  # MoMKEConfig kwargs beyond the shapes
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
         object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "hog_cells", tuple(self.hog_cells))
         if list(self.modalities) != [m for m in MODALITIES if m in self.modalities]:
             raise ValueError(f"modalities must be a subset of {MODALITIES} in that order")
 
@@ -64,7 +66,7 @@ class LiveModelConfig:
                               dim=self.token_dim, dropout=self.dropout(modality),
                               text_vocab=self.text_vocab, text_embed=self.text_embed,
                               audio_norm=self.audio_norm, audio_stats=self.audio_stats,
-                              video_branches=self.video_branches)
+                              video_branches=self.video_branches, hog_cells=self.hog_cells)
 
     def momke_config(self) -> MoMKEConfig:
         return MoMKEConfig(modalities=self.modalities, n_classes=len(self.labels),

@@ -78,12 +78,27 @@ def _tensors(d: ModalityData, idx: np.ndarray, trim: bool = True) -> dict[str, T
 
 
 # ------------------------------------------------------------------------------ augmentation
-def augment(m: str, x: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
-    """Label-preserving noise; mild, because the sets are small and the signal is subtle."""
+AUGMENTATIONS = {"audio": ("standard", "warp"), "video": ("standard", "flip"),
+                 "text": ("standard",)}
+
+
+def augment(m: str, x: dict[str, Tensor], gen: torch.Generator, kind: str = "standard"
+            ) -> dict[str, Tensor]:
+    """Label-preserving noise; mild, because the sets are small and the signal is subtle.
+
+    `kind` (AUGMENTATIONS): audio "warp" = "standard" plus a random stretch of the mel axis
+    (vocal-tract-length perturbation: EmoDB has 7 training speakers, and a longer or shorter
+    vocal tract moves every formant by one factor); video "flip" = mirror only, which maps a
+    HOG cell onto a cell, where shifts would blur them.
+    """
+    if kind not in AUGMENTATIONS[m]:
+        raise ValueError(f"{m} augmentation must be one of {AUGMENTATIONS[m]}, got {kind!r}")
     x = dict(x)
     if m == "audio":
         mel = x["audio_logmel"].clone()  # (B, 40, 198)
         b, n_mel, t = mel.shape
+        if kind == "warp":
+            mel = warp_mel_axis(mel, torch.empty(b).uniform_(0.9, 1.1, generator=gen))
         for i in range(b):
             shift = int(torch.randint(-30, 31, (1,), generator=gen))
             mel[i] = torch.roll(mel[i], shift, dims=1)
@@ -97,6 +112,9 @@ def augment(m: str, x: dict[str, Tensor], gen: torch.Generator) -> dict[str, Ten
         frames = x["video_frames"].clone()  # (B, T, 48, 48)
         flip = torch.rand(frames.shape[0], generator=gen) < 0.5
         frames[flip] = frames[flip].flip(-1)
+        if kind == "flip":
+            x["video_frames"] = frames
+            return x
         dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
         frames = torch.roll(frames, (dy, dx), dims=(2, 3))
         scale = torch.empty(frames.shape[0], 1, 1, 1).uniform_(0.8, 1.2, generator=gen)
@@ -108,6 +126,21 @@ def augment(m: str, x: dict[str, Tensor], gen: torch.Generator) -> dict[str, Ten
         ids[drop] = 1  # unknown-word id: robustness to ASR errors and unseen words
         x["text_ids"] = ids
     return x
+
+
+def warp_mel_axis(mel: Tensor, factor: Tensor) -> Tensor:
+    """(B, n_mels, T) log-mel with band i read from band i / factor[b] (linear interpolation,
+    edges held): factor > 1 moves the spectrum up, as a shorter vocal tract does."""
+    n_mel = mel.shape[1]
+    src = (torch.arange(n_mel, dtype=mel.dtype)[None] / factor[:, None]).clamp(0, n_mel - 1)
+    lo = src.floor().long()  # (B, n_mels)
+    hi = (lo + 1).clamp(max=n_mel - 1)
+    w = (src - lo.to(mel.dtype))[:, :, None]  # (B, n_mels, 1)
+
+    def bands(idx: Tensor) -> Tensor:  # (B, n_mels) band indices -> (B, n_mels, T)
+        return mel.gather(1, idx[:, :, None].expand(-1, -1, mel.shape[2]))
+
+    return bands(lo) * (1 - w) + bands(hi) * w
 
 
 # ------------------------------------------------------------------------------- front-ends
@@ -125,11 +158,12 @@ def predict_frontend(fe: nn.Module, m: str, d: ModalityData, batch: int = 128) -
 def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityData, *,
                  epochs: int, lr: float, batch_size: int, weight_decay: float,
                  select_on: str = "ua", class_weight_power: float = 1.0,
-                 augmented: bool = True, label_smoothing: float = 0.0
+                 augmentation: str = "standard", label_smoothing: float = 0.0
                  ) -> tuple[nn.Module, dict[str, Any]]:
     """Train front-end + pooled head; keep the epoch with the best validation `select_on`.
 
     Class weights (n / n_c) ** power: 1 = balanced (UA targets), 0.5 = milder (weighted-F1).
+    `augmentation`: "none", or a kind of `augment` for this modality.
     """
     fe = build_frontend(m, fcfg)
     opt = torch.optim.AdamW(fe.parameters(), lr=lr, weight_decay=weight_decay)
@@ -149,8 +183,8 @@ def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: Modalit
             if idx.size < 2:
                 continue  # BatchNorm needs two samples
             x = _tensors(train, idx)
-            if augmented:
-                x = augment(m, x, gen)
+            if augmentation != "none":
+                x = augment(m, x, gen, augmentation)
             tokens, mask = run_frontend(fe, m, x)
             logits = fe.forward_head(tokens, mask)
             y = torch.from_numpy(train.labels[idx])

@@ -50,6 +50,7 @@ from engines.datasets import (
 from engines.features import Tokenizer
 from engines.live import LiveModel, LiveModelConfig, save_live_checkpoint
 from engines.live_fit import (
+    AUGMENTATIONS,
     classification_metrics,
     fit_frontend,
     fit_temperatures,
@@ -75,6 +76,9 @@ class LiveTrainConfig:
     # modalities trained without augmentation (engines.live_fit.augment): a fixed HOG map is
     # not shift-invariant, and shifted crops only blur its cells
     no_augment: tuple[str, ...] = ()
+    # per front-end kind of augmentation other than "standard" (engines.live_fit.AUGMENTATIONS:
+    # audio "warp" adds a vocal-tract-length stretch, video "flip" mirrors only)
+    augmentation: dict[str, str] = field(default_factory=dict)
     # per front-end label smoothing over the dataset's own classes, off when absent (0.05 / 0.1
     # were variants of the nested selection, not picked for either expert; README "Live model")
     label_smoothing: dict[str, float] = field(default_factory=dict)
@@ -115,13 +119,18 @@ class LiveTrainConfig:
                 self.mixing_prior_candidates) <= set(priors) or not self.mixing_prior_candidates:
             raise ValueError("mixing_class_prior must be 'uniform', 'text' or 'select' "
                              "(candidates from 'uniform', 'text')")
+        for m, kind in self.augmentation.items():
+            if kind not in AUGMENTATIONS.get(m, ()):
+                raise ValueError(f"augmentation.{m} must be one of {AUGMENTATIONS.get(m)}")
 
     def fit_options(self, m: str) -> dict[str, Any]:
         """engines.live_fit.fit_frontend's options for modality `m`, overrides applied: the
         grouped CV and the final front-end train the same way."""
         return {"epochs": self.epochs[m], "lr": self.lr, "batch_size": self.batch_size,
                 "weight_decay": self.frontend_weight_decay.get(m, self.weight_decay),
-                "select_on": self.select_on[m], "augmented": m not in self.no_augment,
+                "select_on": self.select_on[m],
+                "augmentation": ("none" if m in self.no_augment
+                                 else self.augmentation.get(m, "standard")),
                 "class_weight_power": self.class_weight_power[m],
                 "label_smoothing": self.label_smoothing.get(m, 0.0)}
 

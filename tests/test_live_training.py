@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from engines.datasets import LABELS, featurise, synthetic_windows
 from engines.features import Tokenizer
 from engines.frontends import FrontendConfig, build_frontend, run_frontend
-from engines.live_fit import TripleSampler, _tensors, fit_temperatures, masked_ce
+from engines.live_fit import (
+    TripleSampler,
+    _tensors,
+    augment,
+    fit_temperatures,
+    masked_ce,
+    warp_mel_axis,
+)
+from engines.live_train import LiveTrainConfig
 
 
 def test_a_class_the_dataset_lacks_is_not_a_negative() -> None:
@@ -46,6 +55,30 @@ def test_label_smoothing_stays_inside_the_dataset_label_set() -> None:
         z = sure.clone().requires_grad_(True)
         masked_ce(z, labels, mask, weight, smoothing).backward()
         assert z.grad is not None and torch.all(sign * z.grad[torch.arange(4), labels] > 0)
+
+
+def test_mel_warp_moves_a_formant_by_its_factor() -> None:
+    mel = torch.zeros(2, 40, 5)
+    mel[:, 10] = 1.0  # one energy peak at band 10
+    assert torch.equal(warp_mel_axis(mel, torch.ones(2)), mel)
+    warped = warp_mel_axis(mel, torch.tensor([1.2, 1 / 1.2]))
+    # band i reads band i / factor: the peak moves to 12 (shorter tract) and to 8.33 (longer)
+    assert int(warped[0, :, 0].argmax()) == 12
+    assert int(warped[1, :, 0].argmax()) == 8 and warped[1, 9, 0] > 0
+
+
+def test_flip_augmentation_only_mirrors_and_unknown_kinds_are_refused() -> None:
+    frames = torch.rand(16, 20, 48, 48)
+    out = augment("video", {"video_frames": frames}, torch.Generator().manual_seed(0), "flip")
+    kept = [bool(torch.equal(o, f)) for o, f in zip(out["video_frames"], frames, strict=True)]
+    mirrored = [bool(torch.equal(o, f.flip(-1)))
+                for o, f in zip(out["video_frames"], frames, strict=True)]
+    assert all(k or m for k, m in zip(kept, mirrored, strict=True)) and any(mirrored)
+    assert any(kept)  # no shift, gain or offset on either
+    with pytest.raises(ValueError, match="augmentation"):
+        augment("video", {"video_frames": frames}, torch.Generator(), "warp")
+    with pytest.raises(ValueError, match="augmentation.video"):
+        LiveTrainConfig(augmentation={"video": "warp"})
 
 
 def test_trimming_trailing_padding_is_exact() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from engines.datasets import synthetic_windows
@@ -41,13 +42,23 @@ def test_hog_orientation_bins_follow_the_edge_direction() -> None:
     assert int(h.argmax()) in (4, 5)
 
 
+def test_hog_cell_sizes_concatenate_and_must_tile_the_crop() -> None:
+    x = _faces(1)
+    with torch.no_grad():
+        coarse, both = HOG()(x), HOG((8, 4))(x)
+    assert HOG((8, 4)).n_out == both.shape[1] == 900 + 36 * 11 * 11
+    assert torch.equal(both[:, :900], coarse)  # the 8-pixel blocks come first, unchanged
+    with pytest.raises(ValueError, match="divide 48"):
+        HOG((5,))
+
+
 def test_cnn_plus_hog_live_model_exports_with_parity(tmp_path) -> None:
     raw = synthetic_windows(8, seed=1)
     tok = Tokenizer.fit([t for w in raw.windows for t in (w.text or ())], min_count=1,
                         n_bigram_buckets=16)
     model = LiveModel(LiveModelConfig(
         token_dim=8, frontend_width={"audio": 4, "video": 4, "text": 4}, text_vocab=tok.n_ids,
-        text_embed=8, video_branches="cnn+hog",
+        text_embed=8, video_branches="cnn+hog", hog_cells=(8, 4),
         momke={"width": 8, "depth": 1, "heads": 2, "max_tokens": 64})).eval()
     torch.manual_seed(0)
     with torch.no_grad():  # non-trivial weights in the HOG projection
