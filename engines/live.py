@@ -47,6 +47,8 @@ class LiveModelConfig:
     audio_speaker_norm: bool = False
     video_branches: str = "cnn"  # FrontendConfig.video_branches
     hog_cells: tuple[int, ...] = (8,)  # FrontendConfig.hog_cells
+    # independently trained copies per front-end (FrontendConfig.members); absent = 1
+    frontend_members: dict[str, int] = field(default_factory=dict)
     momke: dict[str, Any] = field(default_factory=dict)  # MoMKEConfig kwargs beyond the shapes
 
     def __post_init__(self) -> None:
@@ -66,11 +68,13 @@ class LiveModelConfig:
                               dim=self.token_dim, dropout=self.dropout(modality),
                               text_vocab=self.text_vocab, text_embed=self.text_embed,
                               audio_norm=self.audio_norm, audio_stats=self.audio_stats,
-                              video_branches=self.video_branches, hog_cells=self.hog_cells)
+                              video_branches=self.video_branches, hog_cells=self.hog_cells,
+                              members=self.frontend_members.get(modality, 1))
 
     def momke_config(self) -> MoMKEConfig:
         return MoMKEConfig(modalities=self.modalities, n_classes=len(self.labels),
-                           input_dims={m: self.token_dim for m in self.modalities},
+                           input_dims={m: self.token_dim * self.frontend_members.get(m, 1)
+                                       for m in self.modalities},
                            **self.momke)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from engines.backend import pattern_key
 from engines.datasets import LABELS, ModalityData
-from engines.frontends import FrontendConfig, build_frontend, run_frontend
+from engines.frontends import FrontendConfig, FrontendEnsemble, build_frontend, run_frontend
 from engines.live import LiveModel
 from engines.metrics import ece_if_calibrated, expected_calibration_error
 
@@ -155,12 +156,39 @@ def predict_frontend(fe: nn.Module, m: str, d: ModalityData, batch: int = 128) -
     return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
 
 
-def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityData, *,
-                 epochs: int, lr: float, batch_size: int, weight_decay: float,
-                 select_on: str = "ua", class_weight_power: float = 1.0,
-                 augmentation: str = "standard", label_smoothing: float = 0.0
-                 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train front-end + pooled head; keep the epoch with the best validation `select_on`.
+MEMBER_SEED_STRIDE = 1_000_003  # member j of an ensemble trains from seed + j * stride
+
+
+def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityData,
+                 **options: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Train front-end + pooled head (`_fit_one`); with `fcfg.members` > 1, that many copies
+    apart, from different seeds on the same data, as one FrontendEnsemble.
+
+    Member 0 starts from the caller's torch seed, so it is exactly the single-copy model.
+    """
+    if fcfg.members == 1:
+        return _fit_one(m, fcfg, train, val, **options)
+    seed = torch.initial_seed() % 2**62
+    one = dataclasses.replace(fcfg, members=1)
+    members, infos = [], []
+    for j in range(fcfg.members):
+        torch.manual_seed(seed + j * MEMBER_SEED_STRIDE)
+        fe, info = _fit_one(m, one, train, val, **options)
+        members.append(fe)
+        infos.append(info)
+    ensemble = FrontendEnsemble(members).eval()
+    val_metrics = classification_metrics(val.labels, predict_frontend(ensemble, m, val),
+                                         val.label_mask)
+    return ensemble, {"best_epoch": [i["best_epoch"] for i in infos], "best_val": val_metrics,
+                      "member_val_ua": [i["best_val"]["ua"] for i in infos]}
+
+
+def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityData, *,
+             epochs: int, lr: float, batch_size: int, weight_decay: float,
+             select_on: str = "ua", class_weight_power: float = 1.0,
+             augmentation: str = "standard", label_smoothing: float = 0.0
+             ) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one front-end + pooled head; keep the epoch with the best validation `select_on`.
 
     Class weights (n / n_c) ** power: 1 = balanced (UA targets), 0.5 = milder (weighted-F1).
     `augmentation`: "none", or a kind of `augment` for this modality.
@@ -186,7 +214,7 @@ def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: Modalit
             if augmentation != "none":
                 x = augment(m, x, gen, augmentation)
             tokens, mask = run_frontend(fe, m, x)
-            logits = fe.forward_head(tokens, mask)
+            logits = fe.forward_head(tokens, mask)  # type: ignore[operator]
             y = torch.from_numpy(train.labels[idx])
             loss = masked_ce(logits, y, label_mask.expand(len(idx), -1), weight,
                              label_smoothing)

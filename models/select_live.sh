@@ -2,7 +2,7 @@
 # Nested grouped-CV choice between one-line variants of configs/live.toml, for the audio
 # (EmoDB, leave one speaker out) and video (CK+48, 10 folds by subject) experts
 # (engines/live_select.py says how the choice and the honest estimate are made).
-# ~60 min on the shared 2-core machine (two variants at a time); then put the chosen lines in
+# ~90 min on the shared 2-core machine (two variants at a time); then put the chosen lines in
 # configs/live.toml and run models/build_live.sh (the card then shows the nested estimates).
 #   bash models/select_live.sh
 set -euo pipefail
@@ -19,18 +19,25 @@ wd0.05 --set frontend_weight_decay.audio=0.05
 smooth0.05 --set label_smoothing.audio=0.05
 smooth0.1 --set label_smoothing.audio=0.1
 dropout0.3 --set model.frontend_dropout.audio=0.3
-epochs30 --set epochs.audio=30'
+epochs30 --set epochs.audio=30
+warp --set augmentation.audio=\"warp\"
+warp_dropout0.3 --set augmentation.audio=\"warp\" --set model.frontend_dropout.audio=0.3
+warp_epochs60 --set augmentation.audio=\"warp\" --set epochs.audio=60'
 VIDEO_VARIANTS='hog
 hog_augmented --set no_augment=[]
 wd0.3 --set frontend_weight_decay.video=0.3
 wd3 --set frontend_weight_decay.video=3.0
 smooth0.05 --set label_smoothing.video=0.05
-smooth0.1 --set label_smoothing.video=0.1'
+smooth0.1 --set label_smoothing.video=0.1
+flip_wd0.3 --set no_augment=[] --set augmentation.video=\"flip\" --set frontend_weight_decay.video=0.3
+cells84_wd0.3 --set model.hog_cells=[8,4] --set frontend_weight_decay.video=0.3
+cells84_flip_wd0.3 --set model.hog_cells=[8,4] --set no_augment=[] --set augmentation.video=\"flip\" --set frontend_weight_decay.video=0.3'
 BASE=$(mktemp --suffix .toml)
 trap 'rm -f "$BASE"' EXIT
-# the variants start from the pre-selection recipe: audio dropout 0.2 like the other front-ends
-sed 's/^frontend_dropout = .*/frontend_dropout = { audio = 0.2, video = 0.2, text = 0.2 }/' \
-  configs/live.toml > "$BASE"
+# the variants start from the pre-selection recipe: audio dropout 0.2 like the other front-ends,
+# the HOG face map at the common weight decay
+sed -e 's/^frontend_dropout = .*/frontend_dropout = { audio = 0.2, video = 0.2, text = 0.2 }/' \
+    -e 's/^frontend_weight_decay = .*/frontend_weight_decay = {}/' configs/live.toml > "$BASE"
 for modality in audio video; do
   variants=AUDIO_VARIANTS; [ "$modality" = video ] && variants=VIDEO_VARIANTS
   mkdir -p "$OUT/$modality"

@@ -8,11 +8,12 @@ import torch
 
 from engines.datasets import LABELS, featurise, synthetic_windows
 from engines.features import Tokenizer
-from engines.frontends import FrontendConfig, build_frontend, run_frontend
+from engines.frontends import FrontendConfig, FrontendEnsemble, build_frontend, run_frontend
 from engines.live_fit import (
     TripleSampler,
     _tensors,
     augment,
+    fit_frontend,
     fit_temperatures,
     masked_ce,
     warp_mel_axis,
@@ -123,3 +124,30 @@ def test_temperature_fit_softens_an_overconfident_pattern() -> None:
     temps, report = fit_temperatures({"audio": (logits, labels)})
     assert temps[""] == 1.0 and temps["audio"] > 1.5
     assert report["audio"]["ece_after"] < report["audio"]["ece_before"]
+
+
+def test_an_ensemble_front_end_is_its_members_trained_apart() -> None:
+    raw = synthetic_windows(24, seed=5)
+    d = featurise(raw, "audio", Tokenizer(vocab=("x",)))
+    train, val = d.take(np.arange(16)), d.take(np.arange(16, 24))
+    opts = {"epochs": 2, "lr": 1e-3, "batch_size": 8, "weight_decay": 0.0}
+    cfg = FrontendConfig(width=4, dim=8)
+    torch.manual_seed(3)
+    single, _ = fit_frontend("audio", cfg, train, val, **opts)
+    torch.manual_seed(3)
+    pair, info = fit_frontend("audio", FrontendConfig(width=4, dim=8, members=2), train, val,
+                              **opts)
+    assert isinstance(pair, FrontendEnsemble) and len(info["best_epoch"]) == 2
+    first, second = pair.members
+    # member 0 is exactly the single model from the same seed; member 1 trained from another
+    for a, b in zip(single.state_dict().values(), first.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first.head[1].weight, second.head[1].weight)  # type: ignore[index]
+    x = _tensors(val, np.arange(len(val)))
+    with torch.no_grad():
+        tokens, mask = run_frontend(pair, "audio", x)
+        parts = [run_frontend(fe, "audio", x) for fe in pair.members]
+        assert tokens.shape[-1] == 16  # members * dim, what MoMKE's audio expert reads
+        assert torch.equal(tokens, torch.cat([p[0] for p in parts], dim=-1))
+        mean_head = (first.forward_head(*parts[0]) + second.forward_head(*parts[1])) / 2
+        assert torch.allclose(pair.forward_head(tokens, mask), mean_head, atol=1e-6)

@@ -52,17 +52,19 @@ def test_hog_cell_sizes_concatenate_and_must_tile_the_crop() -> None:
         HOG((5,))
 
 
-def test_cnn_plus_hog_live_model_exports_with_parity(tmp_path) -> None:
+def test_cnn_plus_hog_live_model_with_ensemble_front_ends_exports_with_parity(tmp_path) -> None:
     raw = synthetic_windows(8, seed=1)
     tok = Tokenizer.fit([t for w in raw.windows for t in (w.text or ())], min_count=1,
                         n_bigram_buckets=16)
     model = LiveModel(LiveModelConfig(
         token_dim=8, frontend_width={"audio": 4, "video": 4, "text": 4}, text_vocab=tok.n_ids,
         text_embed=8, video_branches="cnn+hog", hog_cells=(8, 4),
+        frontend_members={"audio": 2, "video": 2},
         momke={"width": 8, "depth": 1, "heads": 2, "max_tokens": 64})).eval()
     torch.manual_seed(0)
     with torch.no_grad():  # non-trivial weights in the HOG projection
-        model.frontends["video"].hog[2].weight.normal_()  # type: ignore[index]
+        for member in model.frontends["video"].members:  # type: ignore[union-attr]
+            member.hog[2].weight.normal_()
     export_onnx(model, tmp_path / "model.onnx")
     report = check_parity(model, tmp_path / "model.onnx", tok, None)
     assert report["max_abs_diff"] <= 1e-4
