@@ -13,8 +13,15 @@ to ship is what the same rule picks when every group is available: the best grou
 all groups (the outer folds' scores). That score is optimistic for the variant it picks (it
 picked it), so it is reported beside the nested estimate, never instead of it.
 
+The shipped audio expert is an ensemble of copies of the pick, trained apart
+(LiveModelConfig.frontend_members). `ensemble` estimates that procedure the same nested way:
+per outer fold, the variant its training groups chose, trained as that many copies on the
+fold's training side and scored on its test speaker, so the selection stays inside the estimate.
+
     python -m engines.live_select score configs/live.toml --set lr=1e-3 --out runs/select/lr.json
     python -m engines.live_select choose runs/select/*.json --json runs/select/choice.json
+    python -m engines.live_select ensemble configs/live.toml runs/select/*.json --members 3 \
+        --modality audio --out runs/select/ensemble3.json
 
 `--set KEY=VALUE` overrides one LiveTrainConfig field (dotted for a nested table, VALUE in TOML:
 `--set epochs.audio=60`, `--set model.frontend_dropout=0.3`), so each variant is the shipped
@@ -56,7 +63,8 @@ def with_overrides(cfg: LiveTrainConfig, overrides: list[str]) -> LiveTrainConfi
     return LiveTrainConfig(**fields)
 
 
-def score(cfg: LiveTrainConfig, modality: str, name: str) -> dict[str, Any]:
+def score(cfg: LiveTrainConfig, modality: str, name: str, overrides: list[str]
+          ) -> dict[str, Any]:
     """Per outer fold: the inner grouped-CV mean UA (training groups only) and the test UA."""
     torch.set_num_threads(1)
     data, tok, _ = load_data(cfg)
@@ -76,7 +84,31 @@ def score(cfg: LiveTrainConfig, modality: str, name: str) -> dict[str, Any]:
                      "test_ua": outer["folds"][k]["ua"], "val_ua": outer["folds"][k]["val_ua"]})
         print(f"[{name}] outer fold {k}: inner UA {rows[-1]['inner_ua']:.3f} "
               f"test UA {rows[-1]['test_ua']:.3f}", flush=True)
-    return {"config": name, "modality": modality, "folds": rows}
+    return {"config": name, "modality": modality, "overrides": overrides, "folds": rows}
+
+
+def nested_ensemble(base: LiveTrainConfig, scores: list[dict[str, Any]], modality: str,
+                    members: int) -> dict[str, Any]:
+    """Per outer fold: the variant `choose` picks there, trained as `members` copies on the
+    fold's training groups (engines.live_fit.fit_frontend), scored on its test groups."""
+    torch.set_num_threads(1)
+    by_name = {s["config"]: s for s in scores}
+    picks = choose(scores)["per_fold"]
+    rows = []
+    for pick in picks:
+        k, name = pick["fold"], pick["chosen"]
+        cfg = with_overrides(base, [*by_name[name].get("overrides", []),
+                                    f"model.frontend_members.{modality}={members}"])
+        data, tok, _ = load_data(cfg)
+        lm_cfg = LiveModelConfig(**{**cfg.model, "text_vocab": tok.n_ids})
+        fold = cross_validate(modality, data[modality], lm_cfg, cfg, only_folds=[k])["folds"][0]
+        rows.append({"fold": k, "chosen": name, "test_ua": fold["ua"],
+                     "single_copy_test_ua": pick["test_ua"]})
+        print(f"[ensemble of {members}] outer fold {k} ({name}): test UA {fold['ua']:.3f} "
+              f"(one copy {pick['test_ua']:.3f})", flush=True)
+    tests = [r["test_ua"] for r in rows]
+    return {"members": members, "modality": modality, "per_fold": rows,
+            "nested_test_ua": {"mean": float(np.mean(tests)), "std": float(np.std(tests))}}
 
 
 def choose(scores: list[dict[str, Any]]) -> dict[str, Any]:
@@ -112,10 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("choose", help="pick between scored variants")
     c.add_argument("scores", type=Path, nargs="+")
     c.add_argument("--json", type=Path)
+    e = sub.add_parser("ensemble", help="nested estimate of shipping copies of the pick")
+    e.add_argument("config", type=Path, help="the base TOML the variants were scored from")
+    e.add_argument("scores", type=Path, nargs="+")
+    e.add_argument("--members", type=int, default=3)
+    e.add_argument("--modality", choices=("audio", "video"), default="audio")
+    e.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    if args.cmd == "score":
-        cfg = with_overrides(LiveTrainConfig.from_toml(args.config), args.set)
-        result = score(cfg, args.modality, args.out.stem)
+    if args.cmd in ("score", "ensemble"):
+        base = LiveTrainConfig.from_toml(args.config)
+        if args.cmd == "score":
+            result = score(with_overrides(base, args.set), args.modality, args.out.stem, args.set)
+        else:
+            result = nested_ensemble(base, [json.loads(p.read_text()) for p in args.scores],
+                                     args.modality, args.members)
+            est = result["nested_test_ua"]
+            print(f"nested estimate, {args.members} copies of each fold's pick: "
+                  f"UA {est['mean']:.3f} ± {est['std']:.3f}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
         return 0

@@ -28,6 +28,7 @@ import json
 import sys
 import time
 import tomllib
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,12 +191,16 @@ def split_train_val(d: ModalityData, cfg: LiveTrainConfig, seed: int
     return pool[~val_mask], pool[val_mask]
 
 
-def cross_validate(m: str, d: ModalityData, lm_cfg: LiveModelConfig, cfg: LiveTrainConfig
-                   ) -> dict[str, Any]:
-    """Grouped CV: per outer fold, select the epoch on validation groups of the training side."""
+def cross_validate(m: str, d: ModalityData, lm_cfg: LiveModelConfig, cfg: LiveTrainConfig,
+                   only_folds: Collection[int] | None = None) -> dict[str, Any]:
+    """Grouped CV: per outer fold, select the epoch on validation groups of the training side.
+
+    `only_folds`: run just these fold indices (the same folds and seeds as a full run)."""
     folds = group_kfold(d.groups, cfg.cv_folds.get(m, 5))
     per_fold = []
     for k, test_idx in enumerate(folds):
+        if only_folds is not None and k not in only_folds:
+            continue
         rest = np.setdiff1d(np.arange(len(d)), test_idx)
         val_mask = holdout_groups(d.groups[rest], cfg.val_fraction, cfg.seed + k)
         torch.manual_seed(cfg.seed + k)

@@ -66,6 +66,23 @@ def test_score_and_choose_run_end_to_end_on_generated_data(tmp_path, capsys) -> 
     choice = json.loads((tmp_path / "choice.json").read_text())
     assert choice["ship"] in ("base", "smooth") and len(choice["per_fold"]) == 3
     assert all(0.0 <= f["test_ua"] <= 1.0 for f in choice["per_fold"])
+    smooth = json.loads((tmp_path / "smooth.json").read_text())
+    assert smooth["overrides"] == ["label_smoothing.audio=0.1"]  # what `ensemble` re-trains
+
+    # the nested estimate of shipping copies: each fold's pick retrained on that fold alone;
+    # one copy must reproduce the pick's own test score exactly (member 0 = the single model)
+    scores = [str(tmp_path / "base.json"), str(tmp_path / "smooth.json")]
+    for members in (1, 2):
+        out_path = tmp_path / f"ensemble{members}.json"
+        assert main(["ensemble", str(cfg), *scores, "--members", str(members),
+                     "--out", str(out_path)]) == 0
+        ens = json.loads(out_path.read_text())
+        assert [f["chosen"] for f in ens["per_fold"]] == [
+            f["chosen"] for f in choice["per_fold"]]
+        if members == 1:
+            assert [f["test_ua"] for f in ens["per_fold"]] == pytest.approx(
+                [f["test_ua"] for f in choice["per_fold"]])
+    assert "copies of each fold's pick" in capsys.readouterr().out
 
 
 def test_front_end_dropout_can_differ_per_modality() -> None:
