@@ -192,10 +192,12 @@ def split_train_val(d: ModalityData, cfg: LiveTrainConfig, seed: int
 
 
 def cross_validate(m: str, d: ModalityData, lm_cfg: LiveModelConfig, cfg: LiveTrainConfig,
-                   only_folds: Collection[int] | None = None) -> dict[str, Any]:
+                   only_folds: Collection[int] | None = None, keep_logits: bool = False
+                   ) -> dict[str, Any]:
     """Grouped CV: per outer fold, select the epoch on validation groups of the training side.
 
-    `only_folds`: run just these fold indices (the same folds and seeds as a full run)."""
+    `only_folds`: run just these fold indices (the same folds and seeds as a full run);
+    `keep_logits`: each fold also carries its test labels and logits (lists)."""
     folds = group_kfold(d.groups, cfg.cv_folds.get(m, 5))
     per_fold = []
     for k, test_idx in enumerate(folds):
@@ -212,6 +214,8 @@ def cross_validate(m: str, d: ModalityData, lm_cfg: LiveModelConfig, cfg: LiveTr
         metrics.update(fold=k, test_groups=sorted(set(test.groups.tolist())),
                        selected_epoch=info["best_epoch"], n=len(test_idx),
                        val_ua=info["best_val"]["ua"])
+        if keep_logits:
+            metrics.update(labels=test.labels.tolist(), logits=logits.tolist())
         per_fold.append(metrics)
         print(f"  [{m}] fold {k}: ua={metrics['ua']:.3f} acc={metrics['accuracy']:.3f} "
               f"epoch={info['best_epoch']}", flush=True)

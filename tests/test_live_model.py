@@ -23,7 +23,9 @@ def test_shipped_live_model_manifest_is_complete() -> None:
     assert set(manifest.temperatures) >= {"audio", "video", "text", "audio+video+text"}
     assert any("research" in d["licence"] for d in manifest.training_data)
     assert any("SYNTHETIC" in d["name"] for d in manifest.training_data)
-    assert (LIVE / "model.onnx").stat().st_size < 5_000_000
+    # a budget against accidental bloat (a transformer would be ~90 MB): 6.6 MB with three audio
+    # copies and HOG at two cell sizes, 1.5 M parameters; INT8 ~3 MB
+    assert (LIVE / "model.onnx").stat().st_size < 8_000_000
     assert "research / non-commercial" in (LIVE / "MODEL_CARD.md").read_text()
 
 
