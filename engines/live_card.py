@@ -137,12 +137,12 @@ def card(run: Path, model_dir: Path) -> str:
                          f"copy each; the shipped recipe builds on the best of them "
                          f"({sel['ship']}) | **{est['mean']:.3f} ± {est['std']:.3f}** | - | - | "
                          f"- | {TARGETS[m]} |")
-        members = manifest.config.get("model", {}).get("frontend_members", {}).get(m, 1)
-        path = model_dir / f"selection_{m}_ensemble{members}.json"
-        if members > 1 and path.is_file():
+        k = int(members.get(m, 1))
+        path = model_dir / f"selection_{m}_ensemble{k}.json"
+        if k > 1 and path.is_file():
             est = json.loads(path.read_text())["nested_test_ua"]
             lines.append(f"| {m} | **nested estimate as shipped**: each outer fold's pick (the "
-                         f"row above) trained as {members} copies apart, the shipped form "
+                         f"row above) trained as {k} copies apart, the shipped form "
                          f"(`live_select ensemble`) | **{est['mean']:.3f} ± {est['std']:.3f}** "
                          f"| - | - | - | {TARGETS[m]} |")
     dev = metrics.get("experts", {}).get("text", {}).get("dev")

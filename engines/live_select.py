@@ -20,8 +20,11 @@ fold's training side and scored on its test speaker, so the selection stays insi
 
     python -m engines.live_select score configs/live.toml --set lr=1e-3 --out runs/select/lr.json
     python -m engines.live_select choose runs/select/*.json --json runs/select/choice.json
-    python -m engines.live_select ensemble configs/live.toml runs/select/*.json --members 3 \
-        --modality audio --out runs/select/ensemble3.json
+    python -m engines.live_select ensemble runs/select/base.toml runs/select/audio/*.json \
+        --members 3 --modality audio --out runs/select/audio_ensemble3.json
+
+(`ensemble` re-trains each pick from the base its variants were scored from: the pre-selection
+recipe models/select_live.sh writes to runs/select/base.toml.)
 
 `--set KEY=VALUE` overrides one LiveTrainConfig field (dotted for a nested table, VALUE in TOML:
 `--set epochs.audio=60`, `--set model.frontend_dropout=0.3`), so each variant is the shipped

@@ -222,8 +222,11 @@ def cross_validate(m: str, d: ModalityData, lm_cfg: LiveModelConfig, cfg: LiveTr
     summary = {key: {"mean": float(np.mean([f[key] for f in per_fold])),
                      "std": float(np.std([f[key] for f in per_fold]))}
                for key in ("ua", "accuracy", "macro_f1", "weighted_f1", "val_ua")}
+    copies = lm_cfg.frontend_members.get(m, 1)
     return {"protocol": f"grouped {len(folds)}-fold by {'speaker' if m == 'audio' else 'subject'}"
-                        ", epoch selected on held-out training groups", "summary": summary,
+                        ", epoch selected on held-out training groups"
+                        + (f", {copies} copies trained apart" if copies > 1 else ""),
+            "summary": summary,
             "folds": per_fold}
 
 

@@ -34,8 +34,8 @@ smooth0.1 --set label_smoothing.video=0.1
 flip_wd0.3 --set no_augment=[] --set augmentation.video=\"flip\" --set frontend_weight_decay.video=0.3
 cells84_wd0.3 --set model.hog_cells=[8,4] --set frontend_weight_decay.video=0.3
 cells84_flip_wd0.3 --set model.hog_cells=[8,4] --set no_augment=[] --set augmentation.video=\"flip\" --set frontend_weight_decay.video=0.3'
-BASE=$(mktemp --suffix .toml)
-trap 'rm -f "$BASE"' EXIT
+mkdir -p "$OUT"
+BASE="$OUT/base.toml"  # kept: `live_select ensemble` re-trains picks from it
 # the variants start from the pre-selection recipe: audio dropout 0.2 like the other front-ends,
 # the HOG face map at the common weight decay, 8-pixel cells, no augmentation; one copy each
 sed -e 's/^frontend_dropout = .*/frontend_dropout = { audio = 0.2, video = 0.2, text = 0.2 }/' \
