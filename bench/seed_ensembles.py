@@ -31,11 +31,7 @@ from engines.live import LiveModelConfig  # noqa: E402
 from engines.live_fit import classification_metrics  # noqa: E402
 from engines.live_select import with_overrides  # noqa: E402
 from engines.live_train import LiveTrainConfig, cross_validate, load_data  # noqa: E402
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+from engines.metrics import softmax  # noqa: E402
 
 
 def ensemble_ua(runs: list[dict], label_mask: np.ndarray) -> float:

@@ -181,9 +181,10 @@ class VideoFrontend(_PooledHead):
                                   block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Dropout(cfg.dropout), nn.Linear(4 * w, cfg.dim))
                     if "cnn" in cfg.video_branches else None)
-        hog = HOG(tuple(cfg.hog_cells))
-        self.hog = (nn.Sequential(hog, nn.Dropout(cfg.dropout), nn.Linear(hog.n_out, cfg.dim))
-                    if "hog" in cfg.video_branches else None)
+        self.hog: nn.Sequential | None = None
+        if "hog" in cfg.video_branches:
+            hog = HOG(tuple(cfg.hog_cells))
+            self.hog = nn.Sequential(hog, nn.Dropout(cfg.dropout), nn.Linear(hog.n_out, cfg.dim))
 
     def forward_features(self, frames: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         b, t, h, w = frames.shape

@@ -97,13 +97,16 @@ def nested_ensemble(base: LiveTrainConfig, scores: list[dict[str, Any]], modalit
     torch.set_num_threads(1)
     by_name = {s["config"]: s for s in scores}
     picks = choose(scores)["per_fold"]
+    loaded: dict[str, tuple[LiveTrainConfig, dict[str, Any], LiveModelConfig]] = {}
     rows = []
     for pick in picks:
         k, name = pick["fold"], pick["chosen"]
-        cfg = with_overrides(base, [*by_name[name].get("overrides", []),
-                                    f"model.frontend_members.{modality}={members}"])
-        data, tok, _ = load_data(cfg)
-        lm_cfg = LiveModelConfig(**{**cfg.model, "text_vocab": tok.n_ids})
+        if name not in loaded:  # folds often share a pick: featurise its data once
+            cfg = with_overrides(base, [*by_name[name].get("overrides", []),
+                                        f"model.frontend_members.{modality}={members}"])
+            data, tok, _ = load_data(cfg)
+            loaded[name] = cfg, data, LiveModelConfig(**{**cfg.model, "text_vocab": tok.n_ids})
+        cfg, data, lm_cfg = loaded[name]
         fold = cross_validate(modality, data[modality], lm_cfg, cfg, only_folds=[k])["folds"][0]
         rows.append({"fold": k, "chosen": name, "test_ua": fold["ua"],
                      "single_copy_test_ua": pick["test_ua"]})
