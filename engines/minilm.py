@@ -17,7 +17,7 @@ import math
 import struct
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +81,12 @@ class WordPieceTokenizer:
 
     vocab: tuple[str, ...]
     max_tokens: int = 64
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        index = {token: i for i, token in enumerate(self.vocab)}
-        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_index", {token: i for i, token in enumerate(self.vocab)})
         for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
-            if special not in index:
+            if special not in self._index:
                 raise ValueError(f"vocabulary lacks {special}")
         if self.max_tokens < 3:
             raise ValueError("max_tokens must leave room for [CLS], one token and [SEP]")
@@ -97,7 +97,7 @@ class WordPieceTokenizer:
                    max_tokens=max_tokens)
 
     def id_of(self, token: str) -> int:
-        return int(self._index[token])  # type: ignore[attr-defined]
+        return self._index[token]
 
     def words(self, text: str) -> list[str]:
         """BERT's basic tokenizer: normalised words and single punctuation marks."""
@@ -133,7 +133,7 @@ class WordPieceTokenizer:
         return out
 
     def token_ids(self, text: str) -> list[int]:
-        index: dict[str, int] = self._index  # type: ignore[attr-defined]
+        index = self._index
         unk = index["[UNK]"]
         ids: list[int] = []
         for word in self.words(text):
@@ -193,6 +193,8 @@ class WordPieceTokenizer:
 # -------------------------------------------------------------------------------- encoder
 @dataclass(frozen=True)
 class MiniLMConfig:
+    """all-MiniLM-L6-v2's shape (its config.json); tests use smaller ones."""
+
     vocab_size: int = 30522
     hidden: int = 384
     layers: int = 6
