@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,20 @@ def read_dialogues(path: Path, context: int) -> tuple[list[str], list[str], np.n
         labels.append(label)
         dialogues.append(f"{path.stem}:{dia}")
     return texts, contexts, np.array(labels, np.int64), np.array(dialogues)
+
+
+def median_ms(run: Callable[[Any], Any], prepare: Callable[[int], Any], n: int = 200,
+              warmup: int = 5) -> float:
+    """Median wall time in ms of run(prepare(i)) over n calls after `warmup` untimed ones;
+    prepare's own time is not counted."""
+    samples = []
+    for i in range(warmup + n):
+        x = prepare(i)
+        t0 = time.perf_counter()
+        run(x)
+        if i >= warmup:
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(samples))
 
 
 class TextClassifier(torch.nn.Module):
@@ -127,24 +143,14 @@ def export_and_time(model: TextClassifier, encode: Any, texts: list[str], ctxs: 
         sess = session(path)
         ort_logits = np.concatenate([sess.run(None, dict(zip(names, c, strict=True)))[0]
                                      for c in chunks])
-        samples = []
-        for i in range(205):
-            feeds = dict(zip(names, encode([texts[i % len(texts)]], [ctxs[i % len(ctxs)]]),
-                             strict=True))
-            t0 = time.perf_counter()
-            sess.run(None, feeds)
-            if i >= 5:
-                samples.append((time.perf_counter() - t0) * 1e3)
-        report[name] = {"mb": path.stat().st_size / 1e6,
-                        "ms_per_utterance_ort_1thread": float(statistics.median(samples)),
+        ms = median_ms(functools.partial(sess.run, None),
+                       lambda i: dict(zip(names, encode([texts[i % len(texts)]],
+                                                        [ctxs[i % len(ctxs)]]), strict=True)))
+        report[name] = {"mb": path.stat().st_size / 1e6, "ms_per_utterance_ort_1thread": ms,
                         "dev": classification_metrics(labels, ort_logits, ALL),
                         "max_abs_diff_vs_torch": float(np.abs(ort_logits - torch_logits).max())}
-    samples = []
-    for i in range(205):
-        t0 = time.perf_counter()
-        encode([texts[i % len(texts)]], [ctxs[i % len(ctxs)]])
-        samples.append((time.perf_counter() - t0) * 1e3)
-    report["tokenizer_ms_per_utterance"] = float(statistics.median(samples))
+    report["tokenizer_ms_per_utterance"] = median_ms(
+        lambda i: encode([texts[i % len(texts)]], [ctxs[i % len(ctxs)]]), lambda i: i)
     return report
 
 
@@ -250,13 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     # Cost: batch 1, one thread, the selected-size model (weights do not change the cost).
     torch.set_num_threads(1)
     model.eval()
-    samples = []
-    with torch.no_grad():
-        for i in range(205):
-            t0 = time.perf_counter()
-            logits_of([dev_text[i % len(dev_text)]], [dev_ctx[i % len(dev_ctx)]])
-            if i >= 5:
-                samples.append((time.perf_counter() - t0) * 1e3)
+    with torch.no_grad():  # tokenizer + encoder + head, as the ONNX rows' graph plus tokenizer
+        torch_ms = median_ms(lambda i: logits_of([dev_text[i % len(dev_text)]],
+                                                 [dev_ctx[i % len(dev_ctx)]]), lambda i: i)
     result: dict[str, Any] = {
         "protocol": __doc__.split("Protocol (the same as bench_text_encoders.py):")[1]
         .split("  nice")[0].strip(),
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                      "dev": best["dev"], "temperature": best["temperature"],
                      "dev_ece_before": best["dev_ece_before"],
                      "dev_ece_after": best["dev_ece_after"]},
-        "ms_per_utterance_torch_1thread": float(statistics.median(samples)),
+        "ms_per_utterance_torch_1thread": torch_ms,
         "load_avg_1min": os.getloadavg()[0],
     }
     if args.onnx is not None:
