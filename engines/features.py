@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -252,6 +252,7 @@ def face_frames(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------------- text
 MAX_TOKENS = 64
+COMPACT_KIND = "word+hashed-bigram/crc32"  # tokenizer.json's "kind" for Tokenizer
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\x92": "'", "\u0060": "'"})
 _WORD = re.compile(r"[a-z0-9']+|[!?.]")
 
@@ -324,21 +325,67 @@ class Tokenizer:
         kept = [w for w, c in counts.most_common(max_vocab) if c >= min_count]
         return cls(vocab=tuple(kept), n_bigram_buckets=n_bigram_buckets)
 
-    def save(self, path: Path) -> None:
+    def state(self) -> dict[str, Any]:
+        """What tokenizer.json and the checkpoint hold (tokenizer_from_state)."""
         state = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-        state["kind"] = "word+hashed-bigram/crc32"
-        path.write_text(json.dumps(state, ensure_ascii=False))
+        return {"kind": COMPACT_KIND, **state, "vocab": list(self.vocab)}
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.state(), ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> Tokenizer:
-        state = json.loads(Path(path).read_text())
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(vocab=tuple(state["vocab"]), n_bigram_buckets=int(state["n_bigram_buckets"]),
                    max_tokens=int(state["max_tokens"]))
 
 
+class TextTokenizer(Protocol):
+    """What featurisation needs of a tokenizer: Tokenizer (compact) or
+    engines.wordpiece.WordPieceTokenizer (MiniLM)."""
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    @property
+    def n_ids(self) -> int: ...
+
+    def encode(self, utterances: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def save(self, path: Path) -> None: ...
+
+
+def tokenizer_from_state(state: dict[str, Any]) -> TextTokenizer:
+    """A checkpoint's or tokenizer.json's state -> the tokenizer of its "kind".
+
+    States without a kind predate the MiniLM encoder: they are the compact tokenizer's."""
+    kind = state.get("kind", COMPACT_KIND)
+    if kind == COMPACT_KIND:
+        return Tokenizer(vocab=tuple(state["vocab"]),
+                         n_bigram_buckets=int(state["n_bigram_buckets"]),
+                         max_tokens=int(state["max_tokens"]))
+    from engines.wordpiece import KIND as WORDPIECE_KIND
+    from engines.wordpiece import WordPieceTokenizer
+
+    if kind == WORDPIECE_KIND:
+        return WordPieceTokenizer(vocab=tuple(state["vocab"]),
+                                  max_tokens=int(state["max_tokens"]))
+    raise FeatureError(f"unknown tokenizer kind {kind!r}")
+
+
+def load_tokenizer(path: Path) -> TextTokenizer:
+    """tokenizer.json of a model directory -> its tokenizer (FeatureError if malformed)."""
+    try:
+        return tokenizer_from_state(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FeatureError(f"{path}: malformed tokenizer file ({exc})") from exc
+
+
 # ------------------------------------------------------------------------------ window batch
 def featurise_windows(windows: Sequence[WindowInputs], modalities: Sequence[str],
-                      tokenizer: Tokenizer | None, audio_speaker_norm: bool = False
+                      tokenizer: TextTokenizer | None, audio_speaker_norm: bool = False
                       ) -> dict[str, np.ndarray]:
     """Raw windows -> the live graph's feeds (one batch axis per modality, see engines.live).
 

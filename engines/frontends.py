@@ -7,8 +7,10 @@ trained alone on its own dataset first (STYLE.md section 8):
   forward_features(x, mask) -> tokens (B, T, dim), token_mask (B, T)
   forward_head(tokens, token_mask) -> logits (B, n_classes)   (masked mean pooling + linear)
 
-They are small on purpose: a car computer runs them every window, and they are trained from
-scratch on a few hundred (EmoDB, CK+) to ten thousand (MELD) examples.
+The audio and face front-ends are small on purpose: a car computer runs them every window, and
+they are trained from scratch on a few hundred clips (EmoDB) or faces (CK+). Text has two:
+a compact encoder trained from scratch, and all-MiniLM-L6-v2 fine-tuned (MiniLMTextFrontend),
+which MELD's ten thousand lines cannot teach from scratch (README "Live model": the trade-off).
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ class FrontendConfig:
     width: int = 32
     dim: int = 64  # token dim handed to MoMKE
     dropout: float = 0.2
-    text_vocab: int = 0  # number of token ids (engines.features.Tokenizer.n_ids); text only
+    text_vocab: int = 0  # number of token ids (the tokenizer's n_ids); text only
     text_embed: int = 64
+    # "compact" (TextFrontend, engines.features.Tokenizer) or "minilm" (MiniLMTextFrontend,
+    # engines.wordpiece.WordPieceTokenizer)
+    text_encoder: str = "compact"
     audio_norm: str = "window"  # "window": one mean/std per window; "band": per mel band
     audio_stats: bool = True  # add per-band mean/std of the window to every audio token
     # Face branches: "cnn" (learned), "hog" (fixed histogram-of-oriented-gradients features +
@@ -47,6 +52,8 @@ class FrontendConfig:
             raise ValueError(f"invalid front-end config {self}")
         if self.video_branches not in ("cnn", "hog", "cnn+hog"):
             raise ValueError("video_branches must be 'cnn', 'hog' or 'cnn+hog'")
+        if self.text_encoder not in ("compact", "minilm"):
+            raise ValueError("text_encoder must be 'compact' or 'minilm'")
 
 
 def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
@@ -221,6 +228,40 @@ class TextFrontend(_PooledHead):
         return self.proj(tokens), mask
 
 
+class MiniLMTextFrontend(_PooledHead):
+    """Word-piece ids (B, L) + mask -> (B, L, dim): all-MiniLM-L6-v2 (engines.minilm) + a linear
+    map per token.
+
+    A window's text is one segment (token types all 0, made in-graph). Attention is
+    bidirectional *within* the window's text: it holds finished transcript lines, so no token
+    sees anything later than the window's end. The map is linear, so the head's mean of the
+    tokens is a linear map of the mean-pooled sentence embedding all-MiniLM-L6-v2 was trained to
+    produce. Training starts from the pinned pretrained weights (`load_pretrained`, called by
+    engines.live_fit); a saved model carries its own.
+    """
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        super().__init__(cfg)
+        from engines.minilm import MiniLMConfig, MiniLMEncoder
+
+        enc_cfg = MiniLMConfig(dropout=0.1)
+        if cfg.text_vocab != enc_cfg.vocab_size:
+            raise ValueError(f"MiniLMTextFrontend needs the WordPiece vocabulary "
+                             f"({enc_cfg.vocab_size} ids), got text_vocab={cfg.text_vocab}")
+        self.encoder = MiniLMEncoder(enc_cfg)
+        self.proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(enc_cfg.hidden, cfg.dim))
+
+    def load_pretrained(self) -> None:
+        from engines.minilm import pretrained_dir, read_safetensors
+
+        self.encoder.load_bert_weights(read_safetensors(pretrained_dir() / "model.safetensors"))
+
+    def forward_features(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.encoder(ids, torch.zeros_like(ids), mask)  # (B, L, 384)
+        # Padding positions are zeroed: their values would depend on the padded length.
+        return self.proj(hidden) * mask.unsqueeze(-1).to(hidden.dtype), mask  # (B, L, dim)
+
+
 FRONTENDS: dict[str, type[_PooledHead]] = {
     "audio": AudioFrontend,
     "video": VideoFrontend,
@@ -261,10 +302,12 @@ class FrontendEnsemble(nn.Module):
 
 def build_frontend(modality: str, cfg: FrontendConfig) -> nn.Module:
     """One front-end, or a FrontendEnsemble of `cfg.members` (each with members=1)."""
+    kind = (MiniLMTextFrontend if modality == "text" and cfg.text_encoder == "minilm"
+            else FRONTENDS[modality])
     if cfg.members == 1:
-        return FRONTENDS[modality](cfg)
+        return kind(cfg)
     one = dataclasses.replace(cfg, members=1)
-    return FrontendEnsemble([FRONTENDS[modality](one) for _ in range(cfg.members)])
+    return FrontendEnsemble([kind(one) for _ in range(cfg.members)])
 
 
 def run_frontend(module: nn.Module, modality: str, inputs: dict[str, Tensor]

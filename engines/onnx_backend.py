@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.backend import MODALITIES, Prediction, WindowInputs, pattern_key
-from engines.features import FeatureError, Tokenizer, featurise_windows
+from engines.features import FeatureError, TextTokenizer, featurise_windows, load_tokenizer
 from engines.manifest import MODEL_NAME, Manifest, ManifestError
 
 INT8_MODEL_NAME = "model.int8.onnx"  # written by calibration/quantize.py
@@ -49,12 +49,15 @@ class FeaturisingBackend:
         self.manifest = Manifest.load(self.model_dir)
         self.labels: tuple[str, ...] = self.manifest.labels
         self.modalities = self.manifest.modalities
-        self.tokenizer: Tokenizer | None = None
+        self.tokenizer: TextTokenizer | None = None
         if self.manifest.tokenizer_file:
             tok_path = self.model_dir / self.manifest.tokenizer_file
             if not tok_path.is_file():
                 raise ManifestError(f"manifest names {tok_path.name} but it is missing")
-            self.tokenizer = Tokenizer.load(tok_path)
+            try:
+                self.tokenizer = load_tokenizer(tok_path)
+            except FeatureError as exc:
+                raise ManifestError(str(exc)) from exc
         self.input_names = [s.name for s in self.manifest.inputs]
         # Trained on log-mel centred by the speaker's past: the caller (the daemon, edge-eval)
         # keeps a SpeakerNormaliser per stream and hands its centre in WindowInputs.

@@ -21,11 +21,11 @@ from engines.features import FeatureError
 from engines.minilm import (
     MiniLMConfig,
     MiniLMEncoder,
-    WordPieceTokenizer,
     bert_weight_names,
     load_pretrained,
     read_safetensors,
 )
+from engines.wordpiece import WordPieceTokenizer
 
 TINY = MiniLMConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=32,
                     max_positions=32, dropout=0.0)
@@ -85,20 +85,21 @@ def test_wordpiece_splits_words_punctuation_and_sub_words() -> None:
 def test_encode_cuts_the_context_before_the_line() -> None:
     tok = WordPieceTokenizer(vocab=VOCAB, max_tokens=8)
     idx = {t: i for i, t in enumerate(VOCAB)}
-    ids, types, mask = tok.encode("happy !", context="i ' m")
+    ids, types, mask = tok.encode_pair("happy !", context="i ' m")
     # [CLS] happy ! [SEP] i ' m [SEP]: exactly 8
     assert ids.tolist() == [idx[t] for t in ("[CLS]", "happy", "!", "[SEP]", "i", "'", "m",
                                              "[SEP]")]
     assert types.tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and mask.all()
-    ids, types, mask = tok.encode("happy ! ?", context="i ' m")  # one token less for the past
+    # one token less for the past
+    ids, types, mask = tok.encode_pair("happy ! ?", context="i ' m")
     assert ids.tolist()[-4:] == [idx[t] for t in ("[SEP]", "i", "'", "[SEP]")]
-    ids, types, mask = tok.encode("happy " * 10, context="i")  # the line alone is too long
+    ids, types, mask = tok.encode_pair("happy " * 10, context="i")  # the line alone is too long
     assert ids.tolist() == [idx["[CLS]"]] + [idx["happy"]] * 6 + [idx["[SEP]"]]
     assert not types.any()
-    ids, types, mask = tok.encode("")
+    ids, types, mask = tok.encode_pair("")
     assert ids[:2].tolist() == [idx["[CLS]"], idx["[SEP]"]] and mask.sum() == 2
     with pytest.raises(FeatureError):
-        tok.encode(b"bytes")  # type: ignore[arg-type]
+        tok.encode_pair(b"bytes")  # type: ignore[arg-type]
 
 
 def test_encode_batch_trims_to_the_longest_item() -> None:
@@ -108,6 +109,43 @@ def test_encode_batch_trims_to_the_longest_item() -> None:
     assert mask.sum(1).tolist() == [3, 7]
     with pytest.raises(ValueError):
         WordPieceTokenizer(vocab=("[PAD]", "[UNK]", "[CLS]"))  # no [SEP]
+
+
+def test_window_encode_keeps_the_most_recent_speech_and_unifies_apostrophes() -> None:
+    tok = WordPieceTokenizer(vocab=VOCAB, max_tokens=6)
+    idx = {t: i for i, t in enumerate(VOCAB)}
+    # MELD mixes \u2019 and \x92 with ': all three give the same pieces as in training.
+    for text in ("I'm", "I\u2019m", "I\x92m"):
+        ids, mask = tok.encode((text,))
+        assert ids[:mask.sum()].tolist() == [idx[t] for t in ("[CLS]", "i", "'", "m", "[SEP]")]
+    # Two utterances, 5 pieces, room for 4: the oldest is cut, the latest line stays whole.
+    ids, mask = tok.encode(("cafe ? i", "happy !"))
+    assert ids.tolist() == [idx[t] for t in ("[CLS]", "?", "i", "happy", "!", "[SEP]")]
+    assert mask.all()
+    ids, mask = tok.encode(())  # nothing said: [CLS] [SEP], still something to attend to
+    assert mask.sum() == 2
+    with pytest.raises(FeatureError):
+        tok.encode((b"bytes",))  # type: ignore[arg-type]
+
+
+def test_tokenizer_file_names_its_kind_and_round_trips(tmp_path) -> None:
+    from engines.features import Tokenizer, load_tokenizer
+
+    wordpiece = WordPieceTokenizer(vocab=VOCAB, max_tokens=12)
+    compact = Tokenizer.fit(["i am happy", "i am not"], min_count=1)
+    for tok in (wordpiece, compact):
+        tok.save(tmp_path / "tokenizer.json")
+        back = load_tokenizer(tmp_path / "tokenizer.json")
+        assert type(back) is type(tok) and back.max_tokens == tok.max_tokens
+        for text in (("i'm happy !",), ("cafe", "am not")):
+            assert all(np.array_equal(a, b) for a, b in zip(back.encode(text), tok.encode(text),
+                                                             strict=True))
+    (tmp_path / "bad.json").write_text(json.dumps({"kind": "sentencepiece", "vocab": []}))
+    with pytest.raises(FeatureError, match="sentencepiece"):
+        load_tokenizer(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"kind": "wordpiece/bert-uncased"}))
+    with pytest.raises(FeatureError, match="malformed"):
+        load_tokenizer(tmp_path / "bad.json")
 
 
 # -------------------------------------------------------------------------------- encoder
@@ -188,7 +226,7 @@ def test_matches_hugging_face_on_every_meld_line(shared_data: Path) -> None:
     texts = [t for f in ("train_sent_emo.csv", "dev_sent_emo.csv")
              for t in read_meld_csv(shared_data / "meld_text" / f)[0]]
     for text in texts:
-        ids, _, mask = tok.encode(text)
+        ids, _, mask = tok.encode_pair(text)
         assert ids[mask].tolist() == hf_tok(text, truncation=True, max_length=64)["input_ids"]
     hf = AutoModel.from_pretrained(str(model_dir)).eval()
     ids, types, mask = tok.encode_batch(texts[:64])
