@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # The table is the cost of a whole window's front-ends: no crop cache (it would serve the
     # repeated crops of these windows from memory). The cache's steady state is timed below.
-    backend = OnnxBackend(args.model, threads=args.threads, crop_cache=False)
+    backend = OnnxBackend(args.model, threads=args.threads, token_cache=False)
     raw = synthetic_windows(1, seed=0).windows[0]
     assert raw.video is not None
     full = WindowInputs(audio=raw.audio, video=np.repeat(raw.video[:1], args.faces, 0),

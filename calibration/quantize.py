@@ -206,7 +206,7 @@ def cpu_latency_ms(model_dir: Path, kind: str, repeats: int = 30) -> float:
     The whole graph, without the crop-token cache: the same window runs again and again, so
     the cache would leave the face CNN out of every run after the first."""
     engine = {"onnxruntime": OnnxBackend, "onnxruntime-int8": OnnxInt8Backend}[kind](
-        model_dir, crop_cache=False)
+        model_dir, token_cache=False)
     rng = np.random.default_rng(0)
     window = WindowInputs(audio=(rng.standard_normal(32000) * 2000).astype(np.int16),
                           video=rng.integers(0, 255, (10, 48, 48), dtype=np.uint8),

@@ -87,6 +87,8 @@ class LiveTrainConfig:
     # when absent) and of the max gradient norm (0 = no clipping when absent): a pretrained
     # text encoder is fine-tuned at ~3e-5 with warm-up and clipping, not trained at 2e-3
     frontend_lr: dict[str, float] = field(default_factory=dict)
+    # per pretrained front-end, the rate of its new layers (map + head; 0 / absent = its lr)
+    frontend_head_lr: dict[str, float] = field(default_factory=dict)
     frontend_schedule: dict[str, str] = field(default_factory=dict)
     grad_clip: dict[str, float] = field(default_factory=dict)
     # torch threads per front-end's training; 1 when absent (the machine is shared, and the
@@ -140,6 +142,7 @@ class LiveTrainConfig:
                 "batch_size": self.batch_size,
                 "schedule": self.frontend_schedule.get(m, "onecycle"),
                 "grad_clip": self.grad_clip.get(m, 0.0),
+                "head_lr": self.frontend_head_lr.get(m, 0.0),
                 "weight_decay": self.frontend_weight_decay.get(m, self.weight_decay),
                 "select_on": self.select_on[m],
                 "augmentation": ("none" if m in self.no_augment

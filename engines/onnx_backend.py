@@ -3,8 +3,9 @@
 Featurises a `WindowInputs` in numpy (engines.features, the same code training used), feeds only
 the present modalities' rows (an absent modality's front-end runs on zero rows, i.e. is not
 computed), applies the availability pattern's temperature from the manifest and returns
-calibrated probabilities with the router weights of the used modalities. Face crops are
-encoded once each and their tokens reused by the overlapping windows (`CropTokenCache`).
+calibrated probabilities with the router weights of the used modalities. Face crops and a
+window's text (MiniLM) are encoded once each and their tokens reused by the overlapping windows
+(`SplitGraph`).
 """
 
 from __future__ import annotations
@@ -110,12 +111,12 @@ class OnnxBackend(FeaturisingBackend):
     name = "onnxruntime"
     model_file = MODEL_NAME  # the graph in model_dir this backend runs
     # InferenceSession.run may be called from several threads at once, featurisation is pure
-    # numpy and the crop cache locks: the replaying daemon runs windows in parallel
+    # numpy and the token caches lock: the replaying daemon runs windows in parallel
     # (DaemonConfig.replay_workers).
     thread_safe = True
 
     def __init__(self, model_dir: Path, threads: int | None = None,
-                 crop_cache: bool = True) -> None:
+                 token_cache: bool = True) -> None:
         super().__init__(model_dir)
         import onnxruntime as ort
 
@@ -134,43 +135,118 @@ class OnnxBackend(FeaturisingBackend):
         if graph_inputs != set(self.input_names):
             raise ManifestError(f"manifest inputs {sorted(self.input_names)} do not match the "
                                 f"graph's {sorted(graph_inputs)}")
-        self.crops: CropTokenCache | None = None
-        if crop_cache and "video" in self.modalities:
-            self.crops = CropTokenCache.split(path, opts)
-        self.status = "video crop cache: " + (
-            "on" if self.crops else "off (graph not split)" if crop_cache else "off")
+        self.split: SplitGraph | None = (
+            SplitGraph.split(path, opts, self.modalities) if token_cache else None)
+        cached = sorted(self.split.caches) if self.split else []
+        self.status = "token caches: " + (", ".join(cached) if cached else
+                                          "off (graph not split)" if token_cache else "off")
+
+    @property
+    def crops(self) -> TokenCache | None:
+        """The face crops' token cache, if the graph was split for it."""
+        return self.split.caches.get("video") if self.split else None
 
     def run_graph(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        if self.crops is not None:
-            return self.crops.run(feeds)
+        if self.split is not None:
+            return self.split.run(feeds)
         logits, router = self.session.run(["logits", "router"], feeds)
         return np.asarray(logits), np.asarray(router)
 
 
-class CropTokenCache:
-    """The live graph cut after the video front-end's per-crop encoder, with a cache of crop
-    tokens.
+class TokenCache:
+    """LRU of one front-end's output per input row, each row encoded alone (batch 1).
 
-    Windows overlap (2 s windows, 0.5 s hop): every face crop is in four windows, and the
-    video CNN is most of the model's time. The encoder is a pure function of one crop (eval
-    BatchNorm, no cross-crop op), so each crop is encoded once, alone (batch 1: the same
-    result whatever else is in the cache), and its token reused by the next windows. The rest
-    of the graph takes the tokens in place of the frames. Both halves are cut from the
-    exported graph at load time (onnx.utils.Extractor); a graph without that shape (e.g. the
-    QDQ INT8 one) is run whole.
-    """
+    Alone, so a row's tokens are the same whatever else is in the batch or the cache."""
 
-    MAX_CROPS = 512  # cached tokens (LRU); a window holds at most MAX_FACES crops
-
-    def __init__(self, encoder: Any, rest: Any, crops_name: str, tokens_name: str) -> None:
-        self.encoder, self.rest = encoder, rest
-        self.crops_name, self.tokens_name = crops_name, tokens_name
+    def __init__(self, session: Any, input_names: tuple[str, ...], output_name: str,
+                 max_rows: int) -> None:
+        self.session, self.input_names, self.output_name = session, input_names, output_name
+        self.max_rows = max_rows
         self._tokens: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
+    def tokens(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """input name -> (N, ...) rows  ->  (N, ...) outputs, encoding only the unseen rows."""
+        n = len(rows[self.input_names[0]])
+        out = []
+        for r in range(n):
+            digest = hashlib.blake2b(digest_size=16)
+            for name in self.input_names:
+                digest.update(rows[name][r].tobytes())
+            key = digest.digest()
+            with self._lock:
+                token = self._tokens.get(key)
+                if token is not None:
+                    self._tokens.move_to_end(key)
+                    self.hits += 1
+            if token is None:
+                token = self.session.run([self.output_name], {
+                    name: rows[name][r:r + 1] for name in self.input_names})[0][0]
+                with self._lock:
+                    self.misses += 1
+                    self._tokens[key] = token
+                    if len(self._tokens) > self.max_rows:
+                        self._tokens.popitem(last=False)
+            out.append(token)
+        if out:
+            return np.stack(out)
+        shape = [int(d) if isinstance(d, int) else 0 for d in self.session.get_outputs()[0].shape]
+        return np.zeros(shape, np.float32)  # no rows: (0, ...) with the output's fixed dims
+
+
+class SplitGraph:
+    """The live graph cut after the front-ends whose output is a pure function of one row, with a
+    TokenCache for each; the rest of the graph takes their tokens in place of their inputs.
+
+    Windows overlap (2 s windows, 0.5 s hop): every face crop and every transcript line is in
+    four windows. Cached: the video front-end's per-crop encoder (eval BatchNorm, no cross-crop
+    op) and the MiniLM text front-end per window's text (a transcript line alone costs ~10 ms
+    on one core; the compact text encoder is too cheap to be worth a cut). All parts are cut
+    from the exported graph at load time (onnx.utils.Extractor); a front-end whose graph does
+    not have the expected shape (e.g. the QDQ INT8 one) is not cut, and a graph with no cut is
+    run whole.
+    """
+
+    MAX_ROWS = {"video": 512, "text": 64}  # cached rows (LRU); a window holds <= 20 crops
+
+    def __init__(self, caches: dict[str, TokenCache], rest: Any,
+                 consumed: dict[str, str]) -> None:
+        self.caches, self.rest, self.consumed = caches, rest, consumed
+
+    @staticmethod
+    def _cuts(graph: Any) -> dict[str, tuple[tuple[str, ...], str]]:
+        """modality -> (its encoder's inputs, the tensor to cut at)."""
+        cuts: dict[str, tuple[tuple[str, ...], str]] = {}
+        # video_frames (Bv, T, 48, 48) -> Reshape -> (Bv*T, 1, 48, 48) -> CNN or HOG -> Gemm
+        reshapes = [n for n in graph.node if "video_frames" in n.input]
+        gemms = [n for n in graph.node if n.op_type == "Gemm" and any(
+            i.startswith(("frontends.video.cnn.", "frontends.video.hog.")) for i in n.input)]
+        if len(reshapes) == 1 and reshapes[0].op_type == "Reshape" and len(gemms) == 1:
+            cuts["video"] = ((reshapes[0].output[0],), gemms[0].output[0])
+        # MiniLM text: ... -> the map's bias Add -> (mask Mul) -> Concat (the scatter to the
+        # batch): cut at the Concat's input on that chain, (Bt, 64, dim)
+        consumers: dict[str, list[Any]] = {}
+        for n in graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        if "frontends.text.encoder.word.weight" in consumers:
+            adds = [n for n in graph.node
+                    if n.op_type == "Add" and "frontends.text.proj.1.bias" in n.input]
+            tensor = adds[0].output[0] if len(adds) == 1 else None
+            for _ in range(3):  # a short chain, or no cut
+                nxt = consumers.get(tensor or "", [])
+                if len(nxt) != 1:
+                    break
+                if nxt[0].op_type == "Concat":
+                    cuts["text"] = (("text_ids", "text_mask"), str(tensor))
+                    break
+                tensor = nxt[0].output[0]
+        return cuts
+
     @classmethod
-    def split(cls, model_path: Path, opts: Any) -> CropTokenCache | None:
+    def split(cls, model_path: Path, opts: Any, modalities: tuple[str, ...]
+              ) -> SplitGraph | None:
         import onnx
         import onnx.utils
         import onnxruntime as ort
@@ -178,60 +254,40 @@ class CropTokenCache:
         try:
             model = onnx.load(str(model_path))
             graph = model.graph
-            # video_frames (Bv, T, 48, 48) -> Reshape -> (Bv*T, 1, 48, 48) -> CNN or HOG -> Gemm
-            (reshape,) = [n for n in graph.node if "video_frames" in n.input]
-            gemms = [n for n in graph.node if n.op_type == "Gemm" and any(
-                i.startswith(("frontends.video.cnn.", "frontends.video.hog.")) for i in n.input)]
-            if reshape.op_type != "Reshape" or len(gemms) != 1:
+            cuts = {m: c for m, c in cls._cuts(graph).items() if m in modalities}
+            if not cuts:
                 return None
-            crops_name, tokens_name = reshape.output[0], gemms[0].output[0]
             extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
-            encoder = extractor.extract_model([crops_name], [tokens_name])
-            rest_inputs = [i.name for i in graph.input if i.name != "video_frames"]
-            rest = extractor.extract_model(rest_inputs + [tokens_name],
-                                           [o.name for o in graph.output])
             providers = ["CPUExecutionProvider"]
-            return cls(ort.InferenceSession(encoder.SerializeToString(), opts,
-                                            providers=providers),
-                       ort.InferenceSession(rest.SerializeToString(), opts,
-                                            providers=providers),
-                       crops_name, tokens_name)
+
+            def session(inputs: list[str], outputs: list[str]) -> Any:
+                part = extractor.extract_model(inputs, outputs)
+                return ort.InferenceSession(part.SerializeToString(), opts, providers=providers)
+
+            # the graph input each cut replaces: the rest needs it no more
+            consumed = {"video": "video_frames", "text": "text_ids"}
+            caches = {m: TokenCache(session(list(ins), [out]), ins, out, cls.MAX_ROWS[m])
+                      for m, (ins, out) in cuts.items()}
+            rest_inputs = [i.name for i in graph.input
+                           if i.name not in {consumed[m] for m in cuts}]
+            rest = session(rest_inputs + [out for _, out in cuts.values()],
+                           [o.name for o in graph.output])
+            return cls(caches, rest, {m: consumed[m] for m in cuts})
         except Exception as exc:  # any other graph shape: run it whole
-            log.info("video crop cache off for %s: %s", model_path.name, exc)
+            log.info("token caches off for %s: %s", model_path.name, exc)
             return None
 
-    def tokens(self, frames: np.ndarray) -> np.ndarray:
-        """(N, 48, 48) normalised crops -> (N, dim) tokens, encoding only the unseen ones."""
-        out = []
-        for crop in frames:
-            key = hashlib.blake2b(crop.tobytes(), digest_size=16).digest()
-            with self._lock:
-                token = self._tokens.get(key)
-                if token is not None:
-                    self._tokens.move_to_end(key)
-                    self.hits += 1
-            if token is None:
-                token = self.encoder.run([self.tokens_name],
-                                         {self.crops_name: crop[None, None]})[0][0]
-                with self._lock:
-                    self.misses += 1
-                    self._tokens[key] = token
-                    if len(self._tokens) > self.MAX_CROPS:
-                        self._tokens.popitem(last=False)
-            out.append(token)
-        return np.stack(out)
-
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        frames = feeds["video_frames"]  # (Bv, T, 48, 48)
-        rest = {k: v for k, v in feeds.items() if k != "video_frames"}
-        rest[self.tokens_name] = (self.tokens(frames.reshape(-1, *frames.shape[2:]))
-                                  if frames.shape[0] else
-                                  np.zeros((0, self._token_dim()), np.float32))
+        rest = {k: v for k, v in feeds.items() if k not in self.consumed.values()}
+        for m, cache in self.caches.items():
+            if m == "video":
+                frames = feeds["video_frames"]  # (Bv, T, 48, 48) -> one row per crop
+                rows = {cache.input_names[0]: frames.reshape(-1, 1, *frames.shape[2:])}
+            else:
+                rows = {name: feeds[name] for name in cache.input_names}
+            rest[cache.output_name] = cache.tokens(rows)
         logits, router = self.rest.run(["logits", "router"], rest)
         return np.asarray(logits), np.asarray(router)
-
-    def _token_dim(self) -> int:
-        return int(self.encoder.get_outputs()[0].shape[-1])
 
 
 class OnnxInt8Backend(OnnxBackend):

@@ -23,9 +23,11 @@ def test_shipped_live_model_manifest_is_complete() -> None:
     assert set(manifest.temperatures) >= {"audio", "video", "text", "audio+video+text"}
     assert any("research" in d["licence"] for d in manifest.training_data)
     assert any("SYNTHETIC" in d["name"] for d in manifest.training_data)
-    # a budget against accidental bloat (a transformer would be ~90 MB): 6.6 MB with three audio
-    # copies and HOG at two cell sizes, 1.5 M parameters; INT8 ~3 MB
-    assert (LIVE / "model.onnx").stat().st_size < 8_000_000
+    # a budget against accidental bloat: 50 MB, of which the fine-tuned MiniLM text encoder is
+    # 45 MB (22.7 M parameters stored as FP16; 90 MB in FP32) and the rest 5 MB (three audio
+    # copies, HOG at two cell sizes, MoMKE); GitHub refuses files over 100 MB
+    assert (LIVE / "model.onnx").stat().st_size < 56_000_000
+    assert (LIVE / "live.pt").stat().st_size < 56_000_000
     assert "research / non-commercial" in (LIVE / "MODEL_CARD.md").read_text()
 
 

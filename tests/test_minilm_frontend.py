@@ -27,6 +27,7 @@ from engines.live import (
     save_live_checkpoint,
 )
 from engines.minilm import MiniLMConfig
+from engines.onnx_backend import OnnxBackend
 from engines.wordpiece import WordPieceTokenizer
 
 N_IDS = MiniLMConfig().vocab_size
@@ -81,6 +82,16 @@ def test_fp16_storage_is_lossless_and_halves_the_files(tmp_path) -> None:
     window = WindowInputs(text=("i'm not happy !",))
     ort_probs = load_backend(tmp_path / "model", "onnxruntime").predict(window).probs
     assert np.isfinite(ort_probs).all()
+    # the text front-end cut out of the graph and cached per window text: the same answers
+    cached = OnnxBackend(tmp_path / "model")
+    whole = OnnxBackend(tmp_path / "model", token_cache=False)
+    assert cached.status == "token caches: text" and cached.split is not None
+    texts = [("i'm happy",), ("i'm happy", "not sad ?"), ("i'm happy",), ("?",)] * 2
+    for text in texts:
+        np.testing.assert_allclose(cached.predict(WindowInputs(text=text)).probs,
+                                   whole.predict(WindowInputs(text=text)).probs, atol=1e-6)
+    assert cached.split.caches["text"].misses == 3 and cached.split.caches["text"].hits == 5
+    np.testing.assert_allclose(cached.predict(window).probs, ort_probs, atol=1e-6)
     (tmp_path / "model" / "live.pt").write_bytes((tmp_path / "live.pt").read_bytes())
     torch_probs = load_backend(tmp_path / "model", "torch").predict(window).probs
     assert np.max(np.abs(ort_probs - torch_probs)) < 1e-4
