@@ -210,15 +210,15 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     fe = build_frontend(m, fcfg)
-    pretrained = isinstance(fe, MiniLMTextFrontend)
-    if isinstance(fe, MiniLMTextFrontend):
-        fe.load_pretrained()
+    pretrained = fe if isinstance(fe, MiniLMTextFrontend) else None
     groups: list[dict[str, Any]] = [{"params": list(fe.parameters()), "lr": lr}]
-    if isinstance(fe, MiniLMTextFrontend) and head_lr > 0:
-        encoder = {id(p) for p in fe.encoder.parameters()}
-        groups = [{"params": list(fe.encoder.parameters()), "lr": lr},
-                  {"params": [p for p in fe.parameters() if id(p) not in encoder],
-                   "lr": head_lr}]
+    if pretrained is not None:
+        pretrained.load_pretrained()
+        if head_lr > 0:
+            encoder = {id(p) for p in pretrained.encoder.parameters()}
+            groups = [{"params": list(pretrained.encoder.parameters()), "lr": lr},
+                      {"params": [p for p in fe.parameters() if id(p) not in encoder],
+                       "lr": head_lr}]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     steps = epochs * max(1, -(-len(train) // batch_size))
     sched: torch.optim.lr_scheduler.LRScheduler
@@ -263,7 +263,7 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
                     "state": copy.deepcopy(fe.state_dict())}
     fe.load_state_dict(best["state"])
     fe.eval()
-    if pretrained:
+    if pretrained is not None:
         # Stored in FP16 (engines.live.round_large_weights_to_fp16); the validation numbers
         # are those of the rounded weights, the ones that ship.
         round_large_weights_to_fp16(fe)

@@ -87,10 +87,10 @@ class LiveTrainConfig:
     # when absent) and of the max gradient norm (0 = no clipping when absent): a pretrained
     # text encoder is fine-tuned at ~3e-5 with warm-up and clipping, not trained at 2e-3
     frontend_lr: dict[str, float] = field(default_factory=dict)
-    # per pretrained front-end, the rate of its new layers (map + head; 0 / absent = its lr)
-    frontend_head_lr: dict[str, float] = field(default_factory=dict)
     frontend_schedule: dict[str, str] = field(default_factory=dict)
     grad_clip: dict[str, float] = field(default_factory=dict)
+    # per pretrained front-end, the rate of its new layers (map + head; 0 / absent = its lr)
+    frontend_head_lr: dict[str, float] = field(default_factory=dict)
     # torch threads per front-end's training; 1 when absent (the machine is shared, and the
     # small front-ends gain little; fine-tuning MiniLM is ~2x faster on 2)
     frontend_threads: dict[str, int] = field(default_factory=dict)
