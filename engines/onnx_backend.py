@@ -195,6 +195,38 @@ class TokenCache:
         return np.zeros(shape, np.float32)  # no rows: (0, ...) with the output's fixed dims
 
 
+def token_cuts(graph: Any) -> dict[str, tuple[tuple[str, ...], str]]:
+    """modality -> (its front-end's graph inputs, the tensor to cut at) for the front-ends whose
+    output is a pure function of one row (SplitGraph; calibration.quantize keeps the text one
+    float)."""
+    cuts: dict[str, tuple[tuple[str, ...], str]] = {}
+    # video_frames (Bv, T, 48, 48) -> Reshape -> (Bv*T, 1, 48, 48) -> CNN or HOG -> Gemm
+    reshapes = [n for n in graph.node if "video_frames" in n.input]
+    gemms = [n for n in graph.node if n.op_type == "Gemm" and any(
+        i.startswith(("frontends.video.cnn.", "frontends.video.hog.")) for i in n.input)]
+    if len(reshapes) == 1 and reshapes[0].op_type == "Reshape" and len(gemms) == 1:
+        cuts["video"] = ((reshapes[0].output[0],), gemms[0].output[0])
+    # MiniLM text: ... -> the map's bias Add -> (mask Mul) -> Concat (the scatter to the
+    # batch): cut at the Concat's input on that chain, (Bt, 64, dim)
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    if "frontends.text.encoder.word.weight" in consumers:
+        adds = [n for n in graph.node
+                if n.op_type == "Add" and "frontends.text.proj.1.bias" in n.input]
+        tensor = adds[0].output[0] if len(adds) == 1 else None
+        for _ in range(3):  # a short chain, or no cut
+            nxt = consumers.get(tensor or "", [])
+            if len(nxt) != 1:
+                break
+            if nxt[0].op_type == "Concat":
+                cuts["text"] = (("text_ids", "text_mask"), str(tensor))
+                break
+            tensor = nxt[0].output[0]
+    return cuts
+
+
 class SplitGraph:
     """The live graph cut after the front-ends whose output is a pure function of one row, with a
     TokenCache for each; the rest of the graph takes their tokens in place of their inputs.
@@ -214,36 +246,6 @@ class SplitGraph:
                  consumed: dict[str, str]) -> None:
         self.caches, self.rest, self.consumed = caches, rest, consumed
 
-    @staticmethod
-    def _cuts(graph: Any) -> dict[str, tuple[tuple[str, ...], str]]:
-        """modality -> (its encoder's inputs, the tensor to cut at)."""
-        cuts: dict[str, tuple[tuple[str, ...], str]] = {}
-        # video_frames (Bv, T, 48, 48) -> Reshape -> (Bv*T, 1, 48, 48) -> CNN or HOG -> Gemm
-        reshapes = [n for n in graph.node if "video_frames" in n.input]
-        gemms = [n for n in graph.node if n.op_type == "Gemm" and any(
-            i.startswith(("frontends.video.cnn.", "frontends.video.hog.")) for i in n.input)]
-        if len(reshapes) == 1 and reshapes[0].op_type == "Reshape" and len(gemms) == 1:
-            cuts["video"] = ((reshapes[0].output[0],), gemms[0].output[0])
-        # MiniLM text: ... -> the map's bias Add -> (mask Mul) -> Concat (the scatter to the
-        # batch): cut at the Concat's input on that chain, (Bt, 64, dim)
-        consumers: dict[str, list[Any]] = {}
-        for n in graph.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        if "frontends.text.encoder.word.weight" in consumers:
-            adds = [n for n in graph.node
-                    if n.op_type == "Add" and "frontends.text.proj.1.bias" in n.input]
-            tensor = adds[0].output[0] if len(adds) == 1 else None
-            for _ in range(3):  # a short chain, or no cut
-                nxt = consumers.get(tensor or "", [])
-                if len(nxt) != 1:
-                    break
-                if nxt[0].op_type == "Concat":
-                    cuts["text"] = (("text_ids", "text_mask"), str(tensor))
-                    break
-                tensor = nxt[0].output[0]
-        return cuts
-
     @classmethod
     def split(cls, model_path: Path, opts: Any, modalities: tuple[str, ...]
               ) -> SplitGraph | None:
@@ -254,7 +256,7 @@ class SplitGraph:
         try:
             model = onnx.load(str(model_path))
             graph = model.graph
-            cuts = {m: c for m, c in cls._cuts(graph).items() if m in modalities}
+            cuts = {m: c for m, c in token_cuts(graph).items() if m in modalities}
             if not cuts:
                 return None
             extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))

@@ -41,7 +41,7 @@ def test_shipped_live_model_answers_every_pattern() -> None:
 
 
 @pytest.mark.data
-def test_text_only_live_model_beats_tfidf_on_meld_dev(shared_data) -> None:
+def test_text_only_live_model_beats_frozen_minilm_on_meld_dev(shared_data) -> None:
     # MELD dev was never used for training or any choice (selection used train dialogues).
     from engines.datasets import meld_eval_set
     from engines.metrics import classification_metrics, softmax
@@ -49,4 +49,5 @@ def test_text_only_live_model_beats_tfidf_on_meld_dev(shared_data) -> None:
     es = meld_eval_set(LIVE, shared_data / "meld_text" / "dev_sent_emo.csv", "onnxruntime")
     logits, labels = es.logits["text"]
     result = classification_metrics(softmax(logits), labels)
-    assert result["weighted_f1"] > 0.42  # TF-IDF + LR: 0.42
+    # TF-IDF + LR: 0.42; frozen MiniLM embeddings + LR: 0.52; the shipped model: 0.56
+    assert result["weighted_f1"] > 0.52

@@ -92,6 +92,16 @@ def test_fp16_storage_is_lossless_and_halves_the_files(tmp_path) -> None:
                                    whole.predict(WindowInputs(text=text)).probs, atol=1e-6)
     assert cached.split.caches["text"].misses == 3 and cached.split.caches["text"].hits == 5
     np.testing.assert_allclose(cached.predict(window).probs, ort_probs, atol=1e-6)
+
+    # INT8 keeps exactly this part float: the encoder's matmuls, none of MoMKE's
+    from calibration.quantize import text_encoder_nodes
+
+    kept = set(text_encoder_nodes(tmp_path / "model" / "model.onnx"))
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    # per layer: 6 linear maps + 2 attention products; + the map into MoMKE
+    assert sum(n.name in kept for n in matmuls) == 6 * 8 + 1
+    assert not any(n.name in kept for n in graph.node
+                   if any(i.startswith("core.") for i in n.input))
     (tmp_path / "model" / "live.pt").write_bytes((tmp_path / "live.pt").read_bytes())
     torch_probs = load_backend(tmp_path / "model", "torch").predict(window).probs
     assert np.max(np.abs(ort_probs - torch_probs)) < 1e-4
