@@ -129,17 +129,24 @@ class OnnxBackend(FeaturisingBackend):
         opts.intra_op_num_threads = int(os.environ.get("EDGE_ORT_THREADS") or threads or 1)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
-        graph_inputs = {i.name for i in self.session.get_inputs()}
+        self.split: SplitGraph | None = (
+            SplitGraph.split(path, opts, self.modalities) if token_cache else None)
+        # A split graph runs as its parts only: a session of the whole graph beside them would
+        # hold a second copy of every weight (the MiniLM text encoder's are 90 MB in FP32).
+        self.session: Any = None
+        if self.split is not None:
+            graph_inputs = set(self.split.graph_inputs)
+        else:
+            self.session = ort.InferenceSession(str(path), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+            graph_inputs = {i.name for i in self.session.get_inputs()}
         if graph_inputs != set(self.input_names):
             raise ManifestError(f"manifest inputs {sorted(self.input_names)} do not match the "
                                 f"graph's {sorted(graph_inputs)}")
-        self.split: SplitGraph | None = (
-            SplitGraph.split(path, opts, self.modalities) if token_cache else None)
         cached = sorted(self.split.caches) if self.split else []
         self.status = "token caches: " + (", ".join(cached) if cached else
                                           "off (graph not split)" if token_cache else "off")
+        release_freed_memory()
 
     @property
     def crops(self) -> TokenCache | None:
@@ -242,9 +249,10 @@ class SplitGraph:
 
     MAX_ROWS = {"video": 512, "text": 64}  # cached rows (LRU); a window holds <= 20 crops
 
-    def __init__(self, caches: dict[str, TokenCache], rest: Any,
-                 consumed: dict[str, str]) -> None:
+    def __init__(self, caches: dict[str, TokenCache], rest: Any, consumed: dict[str, str],
+                 graph_inputs: tuple[str, ...]) -> None:
         self.caches, self.rest, self.consumed = caches, rest, consumed
+        self.graph_inputs = graph_inputs  # the whole graph's, which run() takes
 
     @classmethod
     def split(cls, model_path: Path, opts: Any, modalities: tuple[str, ...]
@@ -259,11 +267,21 @@ class SplitGraph:
             cuts = {m: c for m, c in token_cuts(graph).items() if m in modalities}
             if not cuts:
                 return None
-            extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
+            # The exporter's graph carries every tensor's type and shape (value_info), which is
+            # what the extractor needs; a graph without them (QDQ) gets them inferred, at the
+            # cost of a second in-memory copy of the model while loading.
+            extractors = [onnx.utils.Extractor(model)]
             providers = ["CPUExecutionProvider"]
 
             def session(inputs: list[str], outputs: list[str]) -> Any:
-                part = extractor.extract_model(inputs, outputs)
+                try:
+                    part = extractors[-1].extract_model(inputs, outputs)
+                except Exception:  # noqa: BLE001 - missing value_info: infer and retry once
+                    if len(extractors) > 1:
+                        raise
+                    extractors.append(onnx.utils.Extractor(
+                        onnx.shape_inference.infer_shapes(model)))
+                    part = extractors[-1].extract_model(inputs, outputs)
                 return ort.InferenceSession(part.SerializeToString(), opts, providers=providers)
 
             # the graph input each cut replaces: the rest needs it no more
@@ -274,7 +292,8 @@ class SplitGraph:
                            if i.name not in {consumed[m] for m in cuts}]
             rest = session(rest_inputs + [out for _, out in cuts.values()],
                            [o.name for o in graph.output])
-            return cls(caches, rest, {m: consumed[m] for m in cuts})
+            return cls(caches, rest, {m: consumed[m] for m in cuts},
+                       tuple(i.name for i in graph.input))
         except Exception as exc:  # any other graph shape: run it whole
             log.info("token caches off for %s: %s", model_path.name, exc)
             return None
@@ -290,6 +309,20 @@ class SplitGraph:
             rest[cache.output_name] = cache.tokens(rows)
         logits, router = self.rest.run(["logits", "router"], rest)
         return np.asarray(logits), np.asarray(router)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap that loading freed (ONNX protos, serialized parts: hundreds of MB for a
+    MiniLM model) back to the OS, so the daemon's resident size is what it holds, not what it
+    once held. glibc only; elsewhere a no-op."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class OnnxInt8Backend(OnnxBackend):
