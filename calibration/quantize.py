@@ -44,15 +44,9 @@ from calibration.heldout import SplitWindows, pattern_windows, split_windows
 from engines.backend import WindowInputs, load_backend, pattern_key
 from engines.datasets import LabelledWindows
 from engines.evaluate import EvalSet, evaluate_set, print_table
-from engines.export import store_weights_as_fp16
 from engines.manifest import MODEL_NAME, Manifest, sha256_file
-from engines.onnx_backend import (
-    INT8_MODEL_NAME,
-    FeaturisingBackend,
-    OnnxBackend,
-    OnnxInt8Backend,
-    token_cuts,
-)
+from engines.onnx_backend import INT8_MODEL_NAME, FeaturisingBackend, OnnxBackend, OnnxInt8Backend
+from engines.onnx_graph import store_weights_as_fp16, token_cuts
 
 QUANT_REPORT_NAME = "quantization.json"
 MAX_ACCURACY_DROP = 0.01  # the target: at most one accuracy point lost per pattern
@@ -170,7 +164,7 @@ def quantize_graph(fp32_path: Path, out_path: Path, feeds: list[dict[str, np.nda
 
 def text_encoder_nodes(model_path: Path) -> list[str]:
     """Names of the nodes of the MiniLM text front-end (graph inputs to its cut tensor, as
-    engines.onnx_backend.token_cuts finds it); [] for a graph without one."""
+    engines.onnx_graph.token_cuts finds it); [] for a graph without one."""
     import onnx
     import onnx.utils
 
@@ -178,7 +172,7 @@ def text_encoder_nodes(model_path: Path) -> list[str]:
     cut = token_cuts(model.graph).get("text")
     if cut is None:
         return []
-    part = onnx.utils.Extractor(model).extract_model(list(cut[0]), [cut[1]])
+    part = onnx.utils.Extractor(model).extract_model(list(cut.inputs), [cut.output])
     return [n.name for n in part.graph.node]
 
 

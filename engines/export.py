@@ -3,7 +3,7 @@
 Build steps (a failed check leaves no model behind):
 1. torch.export-based ONNX export with dynamic batch axes (one per modality, see engines.live);
    large weights whose values are exactly FP16 are then stored as FP16 + Cast (lossless; the
-   fine-tuned MiniLM text encoder's are, see `store_weights_as_fp16`);
+   fine-tuned MiniLM text encoder's are, see `engines.onnx_graph.store_weights_as_fp16`);
 2. `onnx.checker.check_model`;
 3. parity: torch eager vs onnxruntime on generated-but-realistic raw windows (through the real
    numpy featurisation; plus real files when --data-dir is given) and on random tensors, for
@@ -41,8 +41,9 @@ from engines.features import (
     tokenizer_from_state,
 )
 from engines.frontends import INPUT_SHAPES
-from engines.live import FP16_STORAGE_MIN_SIZE, LiveModel, load_live_checkpoint
+from engines.live import LiveModel, load_live_checkpoint
 from engines.manifest import MODEL_NAME, Manifest, TensorSpec, sha256_file
+from engines.onnx_graph import store_weights_as_fp16
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -77,41 +78,6 @@ def export_onnx(model: LiveModel, path: Path) -> None:
                           output_names=["logits", "router"], dynamic_shapes=(tuple(dynamic),),
                           opset_version=OPSET, dynamo=True, external_data=False,
                           verbose=False)
-
-
-def store_weights_as_fp16(path: Path) -> int:
-    """Store large FP32 weights whose values are exactly FP16 as FP16 + a Cast node; -> count.
-
-    Lossless by construction (a value is only converted if it survives the round trip), and the
-    graph still computes in FP32: onnxruntime folds each Cast into an FP32 constant when the
-    session loads. What it saves is disk and download: the fine-tuned MiniLM text encoder's
-    weights are rounded to FP16 at training time (engines.live.round_large_weights_to_fp16), so
-    model.onnx holds them in half the bytes. Small tensors and others stay as they are.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    casts, kept = [], []
-    for init in graph.initializer:
-        arr = numpy_helper.to_array(init) if init.data_type == TensorProto.FLOAT else None
-        if (arr is None or arr.size < FP16_STORAGE_MIN_SIZE
-                or not np.array_equal(arr.astype(np.float16).astype(np.float32), arr)):
-            kept.append(init)
-            continue
-        half = numpy_helper.from_array(arr.astype(np.float16), f"{init.name}__fp16")
-        kept.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
-                                      name=f"{init.name}__to_fp32"))
-    if casts:
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        nodes = list(graph.node)
-        del graph.node[:]
-        graph.node.extend(casts + nodes)  # before every consumer: the graph stays sorted
-        onnx.save(model, str(path))
-    return len(casts)
 
 
 def random_feeds(model: LiveModel, patterns: list[tuple[str, ...]], rng: np.random.Generator

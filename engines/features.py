@@ -334,10 +334,13 @@ class Tokenizer:
         Path(path).write_text(json.dumps(self.state(), ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> Tokenizer:
-        state = json.loads(Path(path).read_text(encoding="utf-8"))
+    def from_state(cls, state: dict[str, Any]) -> Tokenizer:
         return cls(vocab=tuple(state["vocab"]), n_bigram_buckets=int(state["n_bigram_buckets"]),
                    max_tokens=int(state["max_tokens"]))
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        return cls.from_state(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 class TextTokenizer(Protocol):
@@ -363,9 +366,7 @@ def tokenizer_from_state(state: dict[str, Any]) -> TextTokenizer:
     States without a kind predate the MiniLM encoder: they are the compact tokenizer's."""
     kind = state.get("kind", COMPACT_KIND)
     if kind == COMPACT_KIND:
-        return Tokenizer(vocab=tuple(state["vocab"]),
-                         n_bigram_buckets=int(state["n_bigram_buckets"]),
-                         max_tokens=int(state["max_tokens"]))
+        return Tokenizer.from_state(state)
     from engines.wordpiece import KIND as WORDPIECE_KIND
     from engines.wordpiece import WordPieceTokenizer
 

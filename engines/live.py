@@ -24,6 +24,7 @@ from engines.backend import MODALITIES
 from engines.datasets import LABELS
 from engines.frontends import INPUT_SHAPES, FrontendConfig, build_frontend, run_frontend
 from engines.momke import MoMKE, MoMKEConfig, MoMKEOutput
+from engines.onnx_graph import FP16_STORAGE_MIN_SIZE
 
 DEFAULT_DROPOUT = 0.2
 
@@ -128,11 +129,6 @@ class LiveModel(nn.Module):
         out = self.run(named, named["present"])
         assert out.router is not None
         return out.logits, out.router
-
-
-# Float tensors at least this large whose values are exactly FP16 are stored as FP16, in
-# live.pt and in model.onnx (engines.export.store_weights_as_fp16); loading widens them back.
-FP16_STORAGE_MIN_SIZE = 65536
 
 
 def round_large_weights_to_fp16(module: nn.Module) -> int:

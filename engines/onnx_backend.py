@@ -23,6 +23,7 @@ import numpy as np
 from engines.backend import MODALITIES, Prediction, WindowInputs, pattern_key
 from engines.features import FeatureError, TextTokenizer, featurise_windows, load_tokenizer
 from engines.manifest import MODEL_NAME, Manifest, ManifestError
+from engines.onnx_graph import token_cuts
 
 INT8_MODEL_NAME = "model.int8.onnx"  # written by calibration/quantize.py
 log = logging.getLogger(__name__)
@@ -202,38 +203,6 @@ class TokenCache:
         return np.zeros(shape, np.float32)  # no rows: (0, ...) with the output's fixed dims
 
 
-def token_cuts(graph: Any) -> dict[str, tuple[tuple[str, ...], str]]:
-    """modality -> (its front-end's graph inputs, the tensor to cut at) for the front-ends whose
-    output is a pure function of one row (SplitGraph; calibration.quantize keeps the text one
-    float)."""
-    cuts: dict[str, tuple[tuple[str, ...], str]] = {}
-    # video_frames (Bv, T, 48, 48) -> Reshape -> (Bv*T, 1, 48, 48) -> CNN or HOG -> Gemm
-    reshapes = [n for n in graph.node if "video_frames" in n.input]
-    gemms = [n for n in graph.node if n.op_type == "Gemm" and any(
-        i.startswith(("frontends.video.cnn.", "frontends.video.hog.")) for i in n.input)]
-    if len(reshapes) == 1 and reshapes[0].op_type == "Reshape" and len(gemms) == 1:
-        cuts["video"] = ((reshapes[0].output[0],), gemms[0].output[0])
-    # MiniLM text: ... -> the map's bias Add -> (mask Mul) -> Concat (the scatter to the
-    # batch): cut at the Concat's input on that chain, (Bt, 64, dim)
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    if "frontends.text.encoder.word.weight" in consumers:
-        adds = [n for n in graph.node
-                if n.op_type == "Add" and "frontends.text.proj.1.bias" in n.input]
-        tensor = adds[0].output[0] if len(adds) == 1 else None
-        for _ in range(3):  # a short chain, or no cut
-            nxt = consumers.get(tensor or "", [])
-            if len(nxt) != 1:
-                break
-            if nxt[0].op_type == "Concat":
-                cuts["text"] = (("text_ids", "text_mask"), str(tensor))
-                break
-            tensor = nxt[0].output[0]
-    return cuts
-
-
 class SplitGraph:
     """The live graph cut after the front-ends whose output is a pure function of one row, with a
     TokenCache for each; the rest of the graph takes their tokens in place of their inputs.
@@ -249,9 +218,9 @@ class SplitGraph:
 
     MAX_ROWS = {"video": 512, "text": 64}  # cached rows (LRU); a window holds <= 20 crops
 
-    def __init__(self, caches: dict[str, TokenCache], rest: Any, consumed: dict[str, str],
+    def __init__(self, caches: dict[str, TokenCache], rest: Any, replaced: set[str],
                  graph_inputs: tuple[str, ...]) -> None:
-        self.caches, self.rest, self.consumed = caches, rest, consumed
+        self.caches, self.rest, self.replaced = caches, rest, replaced
         self.graph_inputs = graph_inputs  # the whole graph's, which run() takes
 
     @classmethod
@@ -284,22 +253,19 @@ class SplitGraph:
                     part = extractors[-1].extract_model(inputs, outputs)
                 return ort.InferenceSession(part.SerializeToString(), opts, providers=providers)
 
-            # the graph input each cut replaces: the rest needs it no more
-            consumed = {"video": "video_frames", "text": "text_ids"}
-            caches = {m: TokenCache(session(list(ins), [out]), ins, out, cls.MAX_ROWS[m])
-                      for m, (ins, out) in cuts.items()}
-            rest_inputs = [i.name for i in graph.input
-                           if i.name not in {consumed[m] for m in cuts}]
-            rest = session(rest_inputs + [out for _, out in cuts.values()],
+            caches = {m: TokenCache(session(list(c.inputs), [c.output]), c.inputs, c.output,
+                                    cls.MAX_ROWS[m]) for m, c in cuts.items()}
+            replaced = {c.replaces for c in cuts.values()}  # the rest needs these no more
+            rest_inputs = [i.name for i in graph.input if i.name not in replaced]
+            rest = session(rest_inputs + [c.output for c in cuts.values()],
                            [o.name for o in graph.output])
-            return cls(caches, rest, {m: consumed[m] for m in cuts},
-                       tuple(i.name for i in graph.input))
+            return cls(caches, rest, replaced, tuple(i.name for i in graph.input))
         except Exception as exc:  # any other graph shape: run it whole
             log.info("token caches off for %s: %s", model_path.name, exc)
             return None
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        rest = {k: v for k, v in feeds.items() if k not in self.consumed.values()}
+        rest = {k: v for k, v in feeds.items() if k not in self.replaced}
         for m, cache in self.caches.items():
             if m == "video":
                 frames = feeds["video_frames"]  # (Bv, T, 48, 48) -> one row per crop

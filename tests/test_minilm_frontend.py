@@ -16,7 +16,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.backend import WindowInputs, load_backend
-from engines.export import export_model, store_weights_as_fp16
+from engines.export import export_model
 from engines.frontends import FrontendConfig, MiniLMTextFrontend
 from engines.live import (
     FP16_STORAGE_MIN_SIZE,
@@ -28,6 +28,7 @@ from engines.live import (
 )
 from engines.minilm import MiniLMConfig
 from engines.onnx_backend import OnnxBackend
+from engines.onnx_graph import store_weights_as_fp16
 from engines.wordpiece import WordPieceTokenizer
 
 N_IDS = MiniLMConfig().vocab_size
