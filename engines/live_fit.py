@@ -23,6 +23,7 @@ from engines.frontends import (
 )
 from engines.live import LiveModel, round_large_weights_to_fp16
 from engines.metrics import ece_if_calibrated, expected_calibration_error
+from engines.train import MoMKETrainable
 
 NEG = -1e4  # logit for a class the sample's dataset does not have
 
@@ -367,13 +368,38 @@ def _run_core(model: LiveModel, tokens: dict[str, tuple[Tensor, Tensor]],
     return torch.cat(outs)
 
 
+def _pattern_scores(model: LiveModel, tokens: dict[str, tuple[Tensor, Tensor]],
+                    items: list[tuple[dict[str, int], int, np.ndarray]], stage: int,
+                    select_on: dict[str, str]) -> dict[str, float]:
+    """Validation score per availability pattern: a lone modality's is the metric its expert is
+    selected on (`select_on`: text weighted-F1, audio / video UA), a combination's is UA."""
+    logits = _run_core(model, tokens, items, stage).numpy()
+    labels = np.array([it[1] for it in items])
+    lmask = np.stack([it[2] for it in items])
+    keys = np.array([pattern_key(tuple(it[0])) for it in items])
+    scores = {}
+    for key in dict.fromkeys(keys.tolist()):
+        sel = keys == key
+        metrics = classification_metrics(labels[sel], logits[sel], lmask[sel].all(0))
+        scores[key] = metrics[select_on.get(key, "ua")]
+    return scores
+
+
 def train_core(model: LiveModel, data: dict[str, ModalityData],
                splits: dict[str, tuple[np.ndarray, np.ndarray]], stage1_epochs: int,
                stage2_epochs: int, *, lr: float, batch_size: int, mixing_samples: int,
-               val_per_pattern: int, seed: int, class_prior: np.ndarray | None = None
-               ) -> dict[str, Any]:
+               val_per_pattern: int, seed: int, select_on: dict[str, str],
+               class_prior: np.ndarray | None = None) -> dict[str, Any]:
     """MoMKE stage 1 (own expert per dataset) then stage 2 (mixing on SYNTHETIC triples).
 
+    Stage 1 keeps, per modality, its path (input map, expert, unimodal head) from the epoch
+    best on that modality's validation samples by its own `select_on` metric: one shared epoch
+    chosen on pooled UA was a compromise that cost the text expert (MELD weighted-F1) most.
+    Stage 2 draws a lone-modality sample from its dataset's own label distribution (as the
+    validation items of that pattern are: real samples, not prior-drawn SYNTHETIC labels),
+    decays its rate along a cosine (later epochs move less, so the choice among them is
+    steadier) and keeps the epoch with the best mean over availability patterns of each
+    pattern's score (`_pattern_scores`): every pattern counts once, whatever its item count.
     class_prior: label distribution of the SYNTHETIC training triples (None = uniform).
     """
     prior = (np.full(len(LABELS), 1.0 / len(LABELS)) if class_prior is None
@@ -388,32 +414,21 @@ def train_core(model: LiveModel, data: dict[str, ModalityData],
     val_items = _mixing_set(val_s, val_per_pattern, seed + 1, prior)
     single_val = [it for it in val_items if len(it[0]) == 1]
     core = model.core
+    paths = MoMKETrainable(core)  # per-modality state slices of the stage-1 paths
     opt = torch.optim.AdamW(core.parameters(), lr=lr, weight_decay=1e-4)
 
-    def val_score(stage: int, items: list) -> float:
-        logits = _run_core(model, tokens, items, stage).numpy()
-        labels = np.array([it[1] for it in items])
-        pred = np.where(np.stack([it[2] for it in items]), logits, -np.inf).argmax(1)
-        return float(np.mean([np.mean(pred[labels == c] == c) for c in np.unique(labels)]))
+    def run_epoch(stage: int, batches: Any) -> None:
+        core.train()
+        for rows, labels, lmask in batches:
+            feats, masks, present = _core_batch(tokens, mods, rows)
+            loss = masked_ce(core(feats, masks, present, stage=stage).logits, labels, lmask)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
-    def epochs(stage: int, n_epochs: int, make_batches: Any, items: list) -> dict[str, Any]:
-        best: dict[str, Any] = {"score": -1.0}
-        for epoch in range(1, n_epochs + 1):
-            core.train()
-            for rows, labels, lmask in make_batches():
-                feats, masks, present = _core_batch(tokens, mods, rows)
-                out = core(feats, masks, present, stage=stage)
-                loss = masked_ce(out.logits, labels, lmask)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            score = val_score(stage, items)
-            if score > best["score"]:
-                best = {"score": score, "epoch": epoch, "state": copy.deepcopy(core.state_dict())}
-            print(f"  [core stage {stage}] epoch {epoch}: SYNTHETIC val UA {score:.3f}",
-                  flush=True)
-        core.load_state_dict(best["state"])
-        return {"val_ua_synthetic": best["score"], "selected_epoch": best["epoch"]}
+    def show(stage: int, epoch: int, scores: dict[str, float]) -> None:
+        print(f"  [core stage {stage}] epoch {epoch}: val "
+              + " ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
 
     def stage1_batches() -> Any:  # each batch: one dataset, its own modality only
         jobs = []
@@ -431,16 +446,43 @@ def train_core(model: LiveModel, data: dict[str, ModalityData],
             for _ in range(batch_size):
                 c = int(rng.choice(len(LABELS), p=prior))
                 pats = train_s.patterns_for(c)
-                picks, mask = train_s.draw(rng, c, pats[int(rng.integers(len(pats)))])
+                pattern = pats[int(rng.integers(len(pats)))]
+                if len(pattern) == 1:  # a lone modality: any training sample of its dataset,
+                    (m,) = pattern     # so its labels follow that dataset, as in validation
+                    i = int(rng.choice(splits[m][0]))
+                    picks, mask, c = {m: i}, data[m].label_mask, int(data[m].labels[i])
+                else:
+                    picks, mask = train_s.draw(rng, c, pattern)
                 rows.append(picks)
                 labels.append(c)
                 lmasks.append(mask)
             yield rows, torch.tensor(labels), torch.from_numpy(np.stack(lmasks))
 
-    s1 = epochs(1, stage1_epochs, stage1_batches, single_val)
+    best1: dict[str, dict[str, Any]] = {}
+    for epoch in range(1, stage1_epochs + 1):
+        run_epoch(1, stage1_batches())
+        scores = _pattern_scores(model, tokens, single_val, 1, select_on)
+        show(1, epoch, scores)
+        for m in mods:
+            if m in scores and scores[m] > best1.get(m, {"score": -1.0})["score"]:
+                best1[m] = {"score": scores[m], "epoch": epoch, "state": paths.modality_state(m)}
+    for m, b in best1.items():
+        paths.load_modality_state(m, b.pop("state"))
     for g in opt.param_groups:
         g["lr"] = lr / 2  # mixing fine-tunes experts that stage 1 already fitted
-    s2 = epochs(2, stage2_epochs, stage2_batches, val_items)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(stage2_epochs, 1))
+    best2: dict[str, Any] = {"score": -1.0}
+    for epoch in range(1, stage2_epochs + 1):
+        run_epoch(2, stage2_batches())
+        decay.step()
+        scores = _pattern_scores(model, tokens, val_items, 2, select_on)
+        show(2, epoch, scores)
+        score = float(np.mean(list(scores.values())))
+        if score > best2["score"]:
+            best2 = {"score": score, "epoch": epoch, "per_pattern": scores,
+                     "state": copy.deepcopy(core.state_dict())}
+    if "state" in best2:  # no mixing epochs (stage2_epochs = 0): the stage-1 paths as kept
+        core.load_state_dict(best2.pop("state"))
     logits = _run_core(model, tokens, val_items).numpy()
     per_pattern: dict[str, Any] = {}
     val_logits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -451,7 +493,16 @@ def train_core(model: LiveModel, data: dict[str, ModalityData],
         sel = keys == key
         per_pattern[key] = classification_metrics(labels[sel], logits[sel], lmask[sel].all(0))
         val_logits[key] = (logits[sel], labels[sel])
-    return {"metrics": {"stage1": s1, "stage2": s2, "val_per_pattern_SYNTHETIC": per_pattern},
+    criterion = {m: select_on.get(m, "ua") for m in mods}
+    return {"metrics": {"stage1": {"selected_epoch": {m: b["epoch"] for m, b in best1.items()},
+                                   "val_score": {m: b["score"] for m, b in best1.items()},
+                                   "criterion": f"per modality, own validation samples: "
+                                                f"{criterion}"},
+                        "stage2": {"selected_epoch": best2.get("epoch"),
+                                   "val_mean_pattern_score": best2["score"],
+                                   "criterion": "mean over patterns (lone modality: its own "
+                                                "metric; combinations: UA)"},
+                        "val_per_pattern_SYNTHETIC": per_pattern},
             "val_logits": val_logits}
 
 

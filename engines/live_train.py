@@ -7,12 +7,14 @@
    reported on dev.
 2. The front-ends are frozen (deliberate: a few hundred clips/faces cannot support fine-tuning
    through a fusion loss) and every sample is encoded once into tokens.
-3. MoMKE stage 1: each modality's own expert + unimodal head on its own dataset's tokens.
+3. MoMKE stage 1: each modality's own expert + unimodal head on its own dataset's tokens; each
+   modality's path is kept from the epoch best on its own validation samples (text: weighted-F1).
    MoMKE stage 2 (mixing): SYNTHETIC label-matched triples (one EmoDB clip, one CK+ face, one MELD
    line with the same product label; no real tri-modal recording exists), an availability
    pattern sampled per sample among the modalities whose dataset has that label. Everything is
-   trained (experts, routers, fusion) at a lower learning rate; the epoch is selected on
-   SYNTHETIC triples built from the validation groups only.
+   trained (experts, routers, fusion) at a lower, cosine-decayed learning rate; the epoch is
+   selected on the mean per-pattern score over the validation groups only (real samples for a
+   lone modality, SYNTHETIC triples for a combination).
 4. Temperature per availability pattern fitted on those validation triples (NLL).
 
 A class a dataset lacks is masked out of its loss (logit set to -inf before the softmax).
@@ -339,7 +341,7 @@ def train_mixing(model: LiveModel, data: dict[str, ModalityData],
                             cfg.core_stage2_epochs, lr=cfg.core_lr,
                             batch_size=cfg.batch_size * 2, mixing_samples=cfg.mixing_samples,
                             val_per_pattern=cfg.mixing_val_per_pattern, seed=cfg.seed,
-                            class_prior=class_prior(name, data))
+                            select_on=cfg.select_on, class_prior=class_prior(name, data))
         per_pattern = result["metrics"]["val_per_pattern_SYNTHETIC"]
         score = (per_pattern["text"]["weighted_f1"] if "text" in per_pattern
                  else float(np.mean([r["ua"] for r in per_pattern.values()])))

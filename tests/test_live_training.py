@@ -9,16 +9,20 @@ import torch
 from engines.datasets import LABELS, featurise, synthetic_windows
 from engines.features import Tokenizer
 from engines.frontends import FrontendConfig, FrontendEnsemble, build_frontend, run_frontend
+from engines.live import LiveModel, LiveModelConfig
 from engines.live_fit import (
     TripleSampler,
+    _pattern_scores,
     _tensors,
     augment,
+    encode_all,
     fit_frontend,
     fit_temperatures,
     masked_ce,
+    train_core,
     warp_mel_axis,
 )
-from engines.live_train import LiveTrainConfig
+from engines.live_train import LiveTrainConfig, load_data, split_train_val
 
 
 def test_a_class_the_dataset_lacks_is_not_a_negative() -> None:
@@ -151,3 +155,43 @@ def test_an_ensemble_front_end_is_its_members_trained_apart() -> None:
         assert torch.equal(tokens, torch.cat([p[0] for p in parts], dim=-1))
         mean_head = (first.forward_head(*parts[0]) + second.forward_head(*parts[1])) / 2
         assert torch.allclose(pair.forward_head(tokens, mask), mean_head, atol=1e-6)
+
+
+def _tiny_core_run(stage2_epochs: int) -> tuple[LiveModel, dict, dict, dict]:
+    cfg = LiveTrainConfig(data="synthetic", synthetic_n=48, val_fraction=0.25, seed=1)
+    data, tok, _ = load_data(cfg)
+    torch.manual_seed(0)
+    model = LiveModel(LiveModelConfig(token_dim=8, text_vocab=tok.n_ids,
+                                      frontend_width={"audio": 4, "video": 4, "text": 4},
+                                      momke={"width": 8, "depth": 1, "heads": 1}))
+    splits = {m: split_train_val(data[m], cfg, cfg.seed) for m in model.cfg.modalities}
+    select_on = {"audio": "ua", "video": "ua", "text": "weighted_f1"}
+    result = train_core(model, data, splits, 5, stage2_epochs, lr=1e-2, batch_size=16,
+                        mixing_samples=96, val_per_pattern=16, seed=0, select_on=select_on)
+    return model, data, splits, result
+
+
+def test_stage1_keeps_each_modality_path_from_its_own_best_epoch() -> None:
+    # No mixing epochs: what is left is exactly the stage-1 paths as assembled. Each modality's
+    # path read on its own validation samples must score its best epoch's score, which holds
+    # only if every path was taken from the epoch that modality chose (the epochs differ).
+    model, data, splits, result = _tiny_core_run(stage2_epochs=0)
+    stage1 = result["metrics"]["stage1"]
+    assert set(stage1["selected_epoch"]) == {"audio", "video", "text"}
+    singles = [({m: int(i)}, int(data[m].labels[i]), data[m].label_mask)
+               for m in model.cfg.modalities for i in splits[m][1]]
+    scores = _pattern_scores(model, encode_all(model, data), singles, 1,
+                             {"audio": "ua", "video": "ua", "text": "weighted_f1"})
+    for m in model.cfg.modalities:
+        assert scores[m] == pytest.approx(stage1["val_score"][m], abs=1e-9)
+
+
+def test_the_kept_mixing_epoch_is_the_one_its_mean_pattern_score_chose() -> None:
+    model, _, _, result = _tiny_core_run(stage2_epochs=4)
+    metrics = result["metrics"]
+    per_pattern = metrics["val_per_pattern_SYNTHETIC"]
+    assert len(per_pattern) == 7  # every availability pattern of three modalities
+    recomputed = np.mean([r["weighted_f1" if key == "text" else "ua"]
+                          for key, r in per_pattern.items()])
+    assert 1 <= metrics["stage2"]["selected_epoch"] <= 4
+    assert recomputed == pytest.approx(metrics["stage2"]["val_mean_pattern_score"], abs=1e-9)
