@@ -210,9 +210,10 @@ def card(run: Path, model_dir: Path) -> str:
         lines += ["", "### Label prior of the SYNTHETIC triples (selected on validation only)", "",
                   f"Candidates trained from the same initial weights and seed; criterion: "
                   f"{prior['criterion']}. Chosen: **{prior['chosen']}**.", "",
-                  "| prior | selection score | SYNTHETIC val UA per pattern |", "|---|---|---|"]
+                  "| prior | selection score | validation score per pattern (text: weighted-F1; "
+                  "others: UA; combinations SYNTHETIC) |", "|---|---|---|"]
         for name, c in prior["candidates"].items():
-            per = ", ".join(f"{k} {v:.3f}" for k, v in c["val_ua_synthetic_per_pattern"].items())
+            per = ", ".join(f"{k} {v:.3f}" for k, v in c["val_score_per_pattern"].items())
             lines.append(f"| {name} | {c['selection_score']:.4f} | {per} |")
     lines += _bench_lines(model_dir)
     lines += ["", "## Export", f"- torch vs onnxruntime max abs diff "

@@ -500,6 +500,7 @@ def train_core(model: LiveModel, data: dict[str, ModalityData],
                                                 f"{criterion}"},
                         "stage2": {"selected_epoch": best2.get("epoch"),
                                    "val_mean_pattern_score": best2["score"],
+                                   "val_score_per_pattern": best2.get("per_pattern", {}),
                                    "criterion": "mean over patterns (lone modality: its own "
                                                 "metric; combinations: UA)"},
                         "val_per_pattern_SYNTHETIC": per_pattern},

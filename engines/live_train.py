@@ -111,13 +111,12 @@ class LiveTrainConfig:
     mixing_samples: int = 6000  # SYNTHETIC triples per stage-2 epoch
     mixing_val_per_pattern: int = 200  # SYNTHETIC validation triples per availability pattern
     max_train_minutes: float = 30.0
-    # Label distribution of the SYNTHETIC mixing triples: "uniform", or "text" = the text set's
-    # (MELD train) label frequencies, square-root smoothed: conversation is mostly neutral, and
-    # so is driving; a uniform prior makes a lone text window over-predict rare emotions.
+    # Label distribution of the SYNTHETIC mixing triples (combinations; a lone modality's
+    # samples follow its own dataset): "uniform", or "text" = the text set's (MELD train) label
+    # frequencies, square-root smoothed (conversation is mostly neutral, and so is driving).
     # "select": train the mixing stage once per candidate in `mixing_prior_candidates` and keep
-    # the one with the best text-only weighted-F1 on the MELD *train* validation dialogues
-    # (grouped by dialogue, the same held-out dialogues as the text front-end's); MELD dev is
-    # never looked at for this choice.
+    # the one with the best mean per-pattern validation score (the score its epoch is kept by);
+    # MELD dev is never looked at for this choice.
     mixing_class_prior: str = "uniform"
     mixing_prior_candidates: tuple[str, ...] = ("uniform", "text")
     # Reuse the front-ends (and their expert metrics) of an earlier run's live.pt instead of
@@ -325,9 +324,10 @@ def train_mixing(model: LiveModel, data: dict[str, ModalityData],
     """MoMKE stages 1 + 2 with the configured mixing prior, or the selected one ("select").
 
     Selection: every candidate starts from the same initial core weights and seed; the score is
-    the text-only pattern's weighted-F1 on the MELD-train validation dialogues (`splits`), the
-    metric the text target is stated in. Without text in the model, the mean SYNTHETIC
-    validation UA decides.
+    the one the mixing stage keeps its epoch by, the mean over availability patterns of each
+    pattern's validation score (text-only: weighted-F1 on the MELD-train validation dialogues;
+    `engines.live_fit.train_core`). The prior only labels the SYNTHETIC combinations (a lone
+    modality's samples follow its own dataset), so a text-only score no longer judges it.
     """
     names = (cfg.mixing_prior_candidates if cfg.mixing_class_prior == "select"
              else (cfg.mixing_class_prior,))
@@ -342,13 +342,11 @@ def train_mixing(model: LiveModel, data: dict[str, ModalityData],
                             batch_size=cfg.batch_size * 2, mixing_samples=cfg.mixing_samples,
                             val_per_pattern=cfg.mixing_val_per_pattern, seed=cfg.seed,
                             select_on=cfg.select_on, class_prior=class_prior(name, data))
-        per_pattern = result["metrics"]["val_per_pattern_SYNTHETIC"]
-        score = (per_pattern["text"]["weighted_f1"] if "text" in per_pattern
-                 else float(np.mean([r["ua"] for r in per_pattern.values()])))
+        stage2 = result["metrics"]["stage2"]
+        score = stage2["val_mean_pattern_score"]
         scores[name] = {"selection_score": score,
-                        "val_ua_synthetic_per_pattern": {k: r["ua"]
-                                                         for k, r in per_pattern.items()}}
-        print(f"[mixing prior {name}] selection score (text wF1 on MELD-train val dialogues) "
+                        "val_score_per_pattern": stage2["val_score_per_pattern"]}
+        print(f"[mixing prior {name}] selection score (mean per-pattern validation score) "
               f"{score:.4f}", flush=True)
         if best is None or score > best["score"]:
             best = {"score": score, "name": name, "result": result,
@@ -357,8 +355,9 @@ def train_mixing(model: LiveModel, data: dict[str, ModalityData],
     model.core.load_state_dict(best["state"])
     best["result"]["metrics"]["mixing_prior"] = {
         "chosen": best["name"], "mode": cfg.mixing_class_prior, "candidates": scores,
-        "criterion": "text-only weighted-F1 on MELD train validation dialogues (grouped; "
-                     "dev never used)"}
+        "criterion": "mean per-pattern validation score (lone modality: its own metric, "
+                     "text-only = weighted-F1 on MELD train validation dialogues; "
+                     "combinations: UA; MELD dev never used)"}
     return dict(best["result"])
 
 
