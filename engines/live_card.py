@@ -111,6 +111,11 @@ def card(run: Path, model_dir: Path) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {d['name']} | {d['use']} | {d['licence']} |" for d in manifest.training_data]
+    if metrics.get("frontends_from"):
+        lines += ["", "This build re-ran MoMKE's stages and the calibration on the front-ends "
+                      f"of an earlier build (`edge-train-live --frontends-from "
+                      f"{metrics['frontends_from']}`): the shipped front-ends and their CV rows "
+                      "below come from that build."]
     lines += ["", "## Experts on their own data (real data; grouped, never tuned on the test "
               "side)", "", "| expert | protocol | UA | accuracy | macro-F1 | weighted-F1 | "
               "target |", "|---|---|---|---|---|---|---|"]
