@@ -93,6 +93,12 @@ class LiveTrainConfig:
     grad_clip: dict[str, float] = field(default_factory=dict)
     # per pretrained front-end, the rate of its new layers (map + head; 0 / absent = its lr)
     frontend_head_lr: dict[str, float] = field(default_factory=dict)
+    # per front-end fitting method (engines.live_fit.FITS): "sgd" when absent; "logistic" fits
+    # the HOG face front-end as L2 logistic regression (C by inner grouped CV on training
+    # subjects; bench/ckplus_hog_lr.py)
+    frontend_fit: dict[str, str] = field(default_factory=dict)
+    # with frontends_from: these modalities' front-ends are trained again, the others reused
+    retrain: tuple[str, ...] = ()
     # torch threads per front-end's training; 1 when absent (the machine is shared, and the
     # small front-ends gain little; fine-tuning MiniLM is ~2x faster on 2)
     frontend_threads: dict[str, int] = field(default_factory=dict)
@@ -127,6 +133,7 @@ class LiveTrainConfig:
         if self.data not in ("real", "synthetic"):
             raise ValueError("data must be 'real' or 'synthetic'")
         object.__setattr__(self, "mixing_prior_candidates", tuple(self.mixing_prior_candidates))
+        object.__setattr__(self, "retrain", tuple(self.retrain))
         priors = ("uniform", "text")
         if self.mixing_class_prior not in (*priors, "select") or not set(
                 self.mixing_prior_candidates) <= set(priors) or not self.mixing_prior_candidates:
@@ -149,7 +156,8 @@ class LiveTrainConfig:
                 "augmentation": ("none" if m in self.no_augment
                                  else self.augmentation.get(m, "standard")),
                 "class_weight_power": self.class_weight_power[m],
-                "label_smoothing": self.label_smoothing.get(m, 0.0)}
+                "label_smoothing": self.label_smoothing.get(m, 0.0),
+                "fit": self.frontend_fit.get(m, "sgd")}
 
     @classmethod
     def from_toml(cls, path: Path) -> LiveTrainConfig:
@@ -282,7 +290,7 @@ def train_live(cfg: LiveTrainConfig) -> Path:
         model.frontends.load_state_dict(previous.frontends.state_dict())
         metrics["experts"] = json.loads(prev_extra["metrics_json"])["experts"]
         metrics["frontends_from"] = cfg.frontends_from
-    for m in lm_cfg.modalities if not cfg.frontends_from else ():
+    for m in [m for m in lm_cfg.modalities if not cfg.frontends_from or m in cfg.retrain]:
         d = data[m]
         if cfg.run_cv and m in cfg.cv_folds:
             print(f"[{m}] grouped CV on {d.name} ({len(d)} samples)", flush=True)
@@ -380,12 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="override data_dir (../shared/data layout)")
     parser.add_argument("--frontends-from", help="reuse the front-ends of this live.pt (mixing "
                         "stage only; their expert metrics are carried over)")
+    parser.add_argument("--retrain", action="append", choices=("audio", "video", "text"),
+                        default=[], help="with --frontends-from: train this front-end again "
+                        "(repeatable)")
     parser.add_argument("--cv-only", choices=("audio", "video"),
                         help="only run one expert's grouped CV and write OUT/cv_<modality>.json")
     args = parser.parse_args(argv)
     cfg = LiveTrainConfig.from_toml(args.config)
     overrides = {k: v for k, v in (("out", args.out), ("data_dir", args.data_dir),
-                                          ("frontends_from", args.frontends_from)) if v}
+                                          ("frontends_from", args.frontends_from),
+                                          ("retrain", tuple(args.retrain))) if v}
     if overrides:
         cfg = LiveTrainConfig(**{**asdict(cfg), **overrides})
     if args.cv_only:

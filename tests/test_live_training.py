@@ -11,7 +11,10 @@ from engines.features import Tokenizer
 from engines.frontends import FrontendConfig, FrontendEnsemble, build_frontend, run_frontend
 from engines.live import LiveModel, LiveModelConfig
 from engines.live_fit import (
+    LOGISTIC_C_GRID,
+    NEG,
     TripleSampler,
+    _mean_hog,
     _pattern_scores,
     _tensors,
     augment,
@@ -19,6 +22,7 @@ from engines.live_fit import (
     fit_frontend,
     fit_temperatures,
     masked_ce,
+    predict_frontend,
     train_core,
     warp_mel_axis,
 )
@@ -195,3 +199,40 @@ def test_the_kept_mixing_epoch_is_the_one_its_mean_pattern_score_chose() -> None
                           for key, r in per_pattern.items()])
     assert 1 <= metrics["stage2"]["selected_epoch"] <= 4
     assert recomputed == pytest.approx(metrics["stage2"]["val_mean_pattern_score"], abs=1e-9)
+
+
+@pytest.mark.parametrize("augmentation", ["none", "flip"])
+def test_the_logistic_face_fit_is_exactly_a_logistic_regression(augmentation: str) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    raw = synthetic_windows(60, seed=6)
+    d = featurise(raw, "video", Tokenizer(vocab=("x",)))
+    train, val = d.take(np.arange(44)), d.take(np.arange(44, 60))
+    cfg = FrontendConfig(width=4, dim=8, video_branches="hog", hog_cells=(8,))
+    fe, info = fit_frontend("video", cfg, train, val, fit="logistic",
+                            class_weight_power=1.0, augmentation=augmentation)
+    assert info["picked_c"] in LOGISTIC_C_GRID
+    # the same regression fitted outside: the front-end's class scores are its decision values
+    hog = fe.hog[0]  # type: ignore[index]
+    x = [_mean_hog(hog, train)] + ([_mean_hog(hog, train, mirror=True)]
+                                   if augmentation == "flip" else [])
+    counts = np.bincount(train.labels, minlength=len(LABELS)).astype(float)
+    weights = {int(c): counts.sum() / counts[c] / len(LABELS) for c in np.unique(train.labels)}
+    lr = LogisticRegression(C=info["picked_c"], class_weight=weights, max_iter=3000).fit(
+        np.concatenate(x), np.concatenate([train.labels] * len(x)))
+    logits = predict_frontend(fe, "video", val)
+    classes = lr.classes_.astype(int)
+    np.testing.assert_allclose(logits[:, classes], lr.decision_function(_mean_hog(hog, val)),
+                               atol=1e-3)
+    absent = np.setdiff1d(np.arange(len(LABELS)), classes)
+    assert np.all(logits[:, absent] == NEG)  # a class the fit never saw gets no score
+
+
+def test_the_logistic_fit_refuses_a_learned_face_encoder() -> None:
+    raw = synthetic_windows(20, seed=7)
+    d = featurise(raw, "video", Tokenizer(vocab=("x",)))
+    with pytest.raises(ValueError, match="HOG-only"):
+        fit_frontend("video", FrontendConfig(width=4, dim=8, video_branches="cnn"), d, d,
+                     fit="logistic")
+    with pytest.raises(ValueError, match="fit must be"):
+        fit_frontend("video", FrontendConfig(width=4, dim=8), d, d, fit="newton")
