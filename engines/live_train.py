@@ -263,9 +263,11 @@ def cross_validate(m: str, d: ModalityData, lm_cfg: LiveModelConfig, cfg: LiveTr
                      "std": float(np.std([f[key] for f in per_fold]))}
                for key in ("ua", "accuracy", "macro_f1", "weighted_f1", "val_ua")}
     copies = lm_cfg.frontend_members.get(m, 1)
+    chosen = ("logistic fit, C chosen by grouped CV on the training groups (validation groups "
+              "held out)" if cfg.frontend_fit.get(m) == "logistic"
+              else "epoch selected on held-out training groups")
     return {"protocol": f"grouped {len(folds)}-fold by {'speaker' if m == 'audio' else 'subject'}"
-                        ", epoch selected on held-out training groups"
-                        + (f", {copies} copies trained apart" if copies > 1 else ""),
+                        f", {chosen}" + (f", {copies} copies trained apart" if copies > 1 else ""),
             "summary": summary,
             "folds": per_fold}
 
