@@ -121,8 +121,8 @@ class LiveTrainConfig:
     # samples follow its own dataset): "uniform", or "text" = the text set's (MELD train) label
     # frequencies, square-root smoothed (conversation is mostly neutral, and so is driving).
     # "select": train the mixing stage once per candidate in `mixing_prior_candidates` and keep
-    # the one with the best mean per-pattern validation score (the score its epoch is kept by);
-    # MELD dev is never looked at for this choice.
+    # the one that calibrates on validation with the best mean per-pattern validation score
+    # (the score its epoch is kept by; `train_mixing`); MELD dev is never looked at for this.
     mixing_class_prior: str = "uniform"
     mixing_prior_candidates: tuple[str, ...] = ("uniform", "text")
     # Reuse the front-ends (and their expert metrics) of an earlier run's live.pt instead of
@@ -333,11 +333,14 @@ def train_mixing(model: LiveModel, data: dict[str, ModalityData],
                  ) -> dict[str, Any]:
     """MoMKE stages 1 + 2 with the configured mixing prior, or the selected one ("select").
 
-    Selection: every candidate starts from the same initial core weights and seed; the score is
-    the one the mixing stage keeps its epoch by, the mean over availability patterns of each
-    pattern's validation score (text-only: weighted-F1 on the MELD-train validation dialogues;
-    `engines.live_fit.train_core`). The prior only labels the SYNTHETIC combinations (a lone
-    modality's samples follow its own dataset), so a text-only score no longer judges it.
+    Selection: every candidate starts from the same initial core weights and seed. A candidate
+    whose per-pattern temperatures leave any pattern miscalibrated on validation (issue 4's
+    ECE target, or a calibrated model's 95% point where n is too small to show 0.05) loses to
+    one that calibrates; among equals, the score the mixing stage keeps its epoch by decides:
+    the mean over availability patterns of each pattern's validation score (text-only:
+    weighted-F1 on the MELD-train validation dialogues; `engines.live_fit.train_core`).
+    The prior only labels the SYNTHETIC combinations (a lone modality's samples follow its own
+    dataset), so a text-only score no longer judges it.
     """
     names = (cfg.mixing_prior_candidates if cfg.mixing_class_prior == "select"
              else (cfg.mixing_class_prior,))
@@ -354,20 +357,28 @@ def train_mixing(model: LiveModel, data: dict[str, ModalityData],
                             select_on=cfg.select_on, class_prior=class_prior(name, data))
         stage2 = result["metrics"]["stage2"]
         score = stage2["val_mean_pattern_score"]
-        scores[name] = {"selection_score": score,
+        _, calibration = fit_temperatures(result["val_logits"])
+        # calibrated: every pattern's cross-fitted ECE after T within the target (0.05) or, at
+        # a small n, within what a perfectly calibrated model scores there (95% point)
+        misses = sorted(k for k, c in calibration.items()
+                        if c["ece_after"] > max(0.05, c["ece_if_calibrated"]["p95"]))
+        scores[name] = {"selection_score": score, "calibration_misses": misses,
                         "val_score_per_pattern": stage2["val_score_per_pattern"]}
         print(f"[mixing prior {name}] selection score (mean per-pattern validation score) "
-              f"{score:.4f}", flush=True)
-        if best is None or score > best["score"]:
-            best = {"score": score, "name": name, "result": result,
+              f"{score:.4f}, calibration misses {misses}", flush=True)
+        key = (not misses, score)
+        if best is None or key > best["key"]:
+            best = {"key": key, "name": name, "result": result,
                     "state": copy.deepcopy(model.core.state_dict())}
     assert best is not None
     model.core.load_state_dict(best["state"])
     best["result"]["metrics"]["mixing_prior"] = {
         "chosen": best["name"], "mode": cfg.mixing_class_prior, "candidates": scores,
-        "criterion": "mean per-pattern validation score (lone modality: its own metric, "
-                     "text-only = weighted-F1 on MELD train validation dialogues; "
-                     "combinations: UA; MELD dev never used)"}
+        "criterion": "calibrated candidates first (every pattern's cross-fitted validation "
+                     "ECE after T <= max(0.05, a calibrated model's 95% point)), then the mean "
+                     "per-pattern validation score (lone modality: its own metric, text-only = "
+                     "weighted-F1 on MELD train validation dialogues; combinations: UA); MELD "
+                     "dev never used"}
     return dict(best["result"])
 
 
