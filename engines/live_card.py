@@ -132,7 +132,7 @@ def card(run: Path, model_dir: Path) -> str:
         if cv:
             s = cv["summary"]
             protocol = cv["protocol"]
-            if manifest.config.get("frontend_fit", {}).get(m) == "logistic":
+            if manifest.config.get("training", {}).get("frontend_fit", {}).get(m) == "logistic":
                 # runs that predate the protocol's own wording of the logistic fit
                 protocol = protocol.replace("epoch selected on held-out training groups",
                                             "logistic fit, C chosen by grouped CV on the "
@@ -145,7 +145,7 @@ def card(run: Path, model_dir: Path) -> str:
         # variants on the same folds, so the CV row above is the best of several (optimistic)
         # and the nested estimate is the number that holds for unseen speakers / subjects
         path = model_dir / f"selection_{m}.json"
-        logistic = manifest.config.get("frontend_fit", {}).get(m) == "logistic"
+        logistic = manifest.config.get("training", {}).get("frontend_fit", {}).get(m) == "logistic"
         if path.is_file():
             sel = json.loads(path.read_text())
             est = sel["nested_test_ua"]
