@@ -29,14 +29,9 @@ from sklearn.linear_model import LogisticRegression
 
 from engines.datasets import group_kfold, load_ckplus
 from engines.frontends import HOG
+from engines.live_fit import _mean_hog
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-
-
-def hog_features(frames: np.ndarray, cells: tuple[int, ...]) -> np.ndarray:
-    """(N, 48, 48) float crops -> (N, F) HOG features exactly as the shipped graph computes."""
-    with torch.no_grad():
-        return HOG(cells)(torch.from_numpy(frames[:, None].astype(np.float32))).numpy()
 
 
 def ua(labels: np.ndarray, pred: np.ndarray) -> float:
@@ -60,9 +55,9 @@ def main() -> int:
     torch.set_num_threads(1)
     t0 = time.monotonic()
     d = load_ckplus(args.data_dir / "ckplus48")
-    frames = d.inputs["video_frames"][:, 0]  # (N, 48, 48): one crop per CK+ sample
     cells = tuple(args.cells)
-    x, x_flip = hog_features(frames, cells), hog_features(frames[:, :, ::-1].copy(), cells)
+    hog = HOG(cells)  # the shipped graph's features, as the live recipe's logistic fit reads them
+    x, x_flip = _mean_hog(hog, d), _mean_hog(hog, d, mirror=True)
     y, groups = d.labels, d.groups
     folds = group_kfold(groups, 10)
     nested, fixed = [], {c: [] for c in C_GRID}

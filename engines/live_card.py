@@ -128,11 +128,12 @@ def card(run: Path, model_dir: Path) -> str:
              plain_path.is_file() else None, "; **without** the speaker normaliser (same recipe "
              "otherwise, `configs/live_audio_plain.toml`)"),
             ("video", _cv(run, metrics, "video"), "")]
+    fits = manifest.config.get("training", {}).get("frontend_fit", {})  # m -> "logistic"
     for m, cv, note in rows:
         if cv:
             s = cv["summary"]
             protocol = cv["protocol"]
-            if manifest.config.get("training", {}).get("frontend_fit", {}).get(m) == "logistic":
+            if fits.get(m) == "logistic":
                 # runs that predate the protocol's own wording of the logistic fit
                 protocol = protocol.replace("epoch selected on held-out training groups",
                                             "logistic fit, C chosen by grouped CV on the "
@@ -145,13 +146,12 @@ def card(run: Path, model_dir: Path) -> str:
         # variants on the same folds, so the CV row above is the best of several (optimistic)
         # and the nested estimate is the number that holds for unseen speakers / subjects
         path = model_dir / f"selection_{m}.json"
-        logistic = manifest.config.get("training", {}).get("frontend_fit", {}).get(m) == "logistic"
         if path.is_file():
             sel = json.loads(path.read_text())
             est = sel["nested_test_ua"]
             shipped = ("the shipped front-end is no longer any of them: it is fitted as a "
                        "logistic regression, whose C choice is nested inside the CV row above"
-                       if logistic else
+                       if fits.get(m) == "logistic" else
                        f"the shipped recipe builds on the best of them ({sel['ship']})")
             lines.append(f"| {m} | **nested estimate** of the SGD recipes: the recipe chosen "
                          f"among {len(sel['mean_inner_ua'])} variants by grouped CV on each "
