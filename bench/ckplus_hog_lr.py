@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,51 +46,83 @@ def fit_score(x: np.ndarray, x_flip: np.ndarray, y: np.ndarray, train: np.ndarra
     return ua(y[test], lr.predict(x[test]))
 
 
+def parse_variant(text: str) -> tuple[tuple[int, ...], bool]:
+    """ "8,4" -> HOG at cells 8 and 4; "8,4:sqrt" -> the same, square-rooted (power-normalised)."""
+    cells, _, transform = text.partition(":")
+    if transform not in ("", "sqrt"):
+        raise SystemExit(f"unknown feature transform {transform!r} (only 'sqrt')")
+    return tuple(int(c) for c in cells.split(",")), transform == "sqrt"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--cells", type=int, nargs="+", default=[8, 4])
+    ap.add_argument("--variants", nargs="+", default=["8,4"],
+                    help="feature variants CELLS[:sqrt]; with several, the inner CV chooses the "
+                         "variant and C together")
     ap.add_argument("--inner-folds", type=int, default=5)
     ap.add_argument("--json", type=Path, default=Path("bench/results/ckplus_hog_lr.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.monotonic()
     d = load_ckplus(args.data_dir / "ckplus48")
-    cells = tuple(args.cells)
-    hog = HOG(cells)  # the shipped graph's features, as the live recipe's logistic fit reads them
-    x, x_flip = _mean_hog(hog, d), _mean_hog(hog, d, mirror=True)
+    feats = {}  # variant -> (crops, mirrored crops), the HOG the live recipe's fit reads
+    for v in args.variants:
+        cells, root = parse_variant(v)
+        hog = HOG(cells)
+        x, x_flip = _mean_hog(hog, d), _mean_hog(hog, d, mirror=True)
+        feats[v] = (np.sqrt(x), np.sqrt(x_flip)) if root else (x, x_flip)
     y, groups = d.labels, d.groups
+    grid = [(v, c) for v in args.variants for c in C_GRID]
     folds = group_kfold(groups, 10)
-    nested, fixed = [], {c: [] for c in C_GRID}
+    nested: list[dict] = []
+    fixed: dict[tuple[str, float], list[float]] = {g: [] for g in grid}
     for k, test in enumerate(folds):
         train = np.setdiff1d(np.arange(len(y)), test)
         inner = group_kfold(groups[train], args.inner_folds)
         inner_ua = {}
-        for c in C_GRID:
+        for v, c in grid:
+            x, x_flip = feats[v]
             scores = [fit_score(x, x_flip, y, train[np.setdiff1d(np.arange(train.size), vi)],
                                 train[vi], c) for vi in inner]
-            inner_ua[c] = float(np.mean(scores))
-            fixed[c].append(fit_score(x, x_flip, y, train, test, c))
-        pick = max(C_GRID, key=lambda c: inner_ua[c])
+            inner_ua[v, c] = float(np.mean(scores))
+            fixed[v, c].append(fit_score(x, x_flip, y, train, test, c))
+        pick = max(grid, key=lambda g: inner_ua[g])
+        per_variant = {v: max(C_GRID, key=lambda c: inner_ua[v, c]) for v in args.variants}
         nested.append({"fold": k, "test_subjects": sorted(set(groups[test].tolist())),
-                       "inner_ua": inner_ua, "picked_c": pick, "test_ua": fixed[pick][-1]})
-        print(f"fold {k}: C={pick} (inner UA {inner_ua[pick]:.3f}) test UA {fixed[pick][-1]:.3f}",
-              flush=True)
-    test_uas = [f["test_ua"] for f in nested]
-    out = {"protocol": __doc__.split("\n\n")[1], "features": f"HOG cells {list(cells)}, "
-           f"{x.shape[1]} features", "n": int(len(y)), "subjects": int(np.unique(groups).size),
-           "nested": {"ua_mean": float(np.mean(test_uas)), "ua_std": float(np.std(test_uas)),
-                      "folds": nested},
-           "fixed_c_curve_not_a_selection": {str(c): {"ua_mean": float(np.mean(v)),
-                                                      "ua_std": float(np.std(v))}
-                                             for c, v in fixed.items()},
+                       "inner_ua": {f"{v} C={c}": u for (v, c), u in inner_ua.items()},
+                       "picked": {"variant": pick[0], "c": pick[1]},
+                       "test_ua": fixed[pick][-1],
+                       "test_ua_per_variant": {v: fixed[v, c][-1] for v, c in per_variant.items()}})
+        print(f"fold {k}: {pick[0]} C={pick[1]} (inner UA {inner_ua[pick]:.3f}) "
+              f"test UA {fixed[pick][-1]:.3f}", flush=True)
+
+    def summary(uas: list[float]) -> dict[str, float]:
+        return {"ua_mean": float(np.mean(uas)), "ua_std": float(np.std(uas))}
+
+    out: dict[str, Any] = {"protocol": __doc__.split("\n\n")[1],
+           "variants": {v: f"HOG cells {list(parse_variant(v)[0])}"
+                        f"{', square-rooted' if parse_variant(v)[1] else ''}, "
+                        f"{feats[v][0].shape[1]} features" for v in args.variants},
+           "n": int(len(y)), "subjects": int(np.unique(groups).size),
+           "nested": {**summary([f["test_ua"] for f in nested]), "folds": nested},
+           "nested_per_variant": {v: summary([f["test_ua_per_variant"][v] for f in nested])
+                                  for v in args.variants},
+           "fixed_c_curve_not_a_selection": {f"{v} C={c}": summary(u)
+                                             for (v, c), u in fixed.items()},
            "seconds": time.monotonic() - t0}
+    if len(args.variants) == 1:  # the single-variant layout bench/results/ckplus_hog_lr.json has
+        out["features"] = out.pop("variants")[args.variants[0]]
     args.json.write_text(json.dumps(out, indent=1))
-    print(f"\n{'model':<34}{'UA mean':>9}{'std':>8}")
-    print(f"{'LR on HOG, nested (C inner CV)':<34}{out['nested']['ua_mean']:>9.3f}"
+    print(f"\n{'model':<40}{'UA mean':>9}{'std':>8}")
+    label = "variant and C" if len(args.variants) > 1 else "C"
+    print(f"{'LR on HOG, nested (' + label + ' inner CV)':<40}{out['nested']['ua_mean']:>9.3f}"
           f"{out['nested']['ua_std']:>8.3f}")
-    for c, r in out["fixed_c_curve_not_a_selection"].items():
-        print(f"{'LR on HOG, C=' + c + ' (curve)':<34}{r['ua_mean']:>9.3f}{r['ua_std']:>8.3f}")
+    if len(args.variants) > 1:
+        for v, r in out["nested_per_variant"].items():
+            print(f"{'  ' + v + ' alone (C inner CV)':<40}{r['ua_mean']:>9.3f}{r['ua_std']:>8.3f}")
+    for g, r in out["fixed_c_curve_not_a_selection"].items():
+        print(f"{'  ' + g + ' (curve)':<40}{r['ua_mean']:>9.3f}{r['ua_std']:>8.3f}")
     print(f"-> {args.json}")
     return 0
 

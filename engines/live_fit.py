@@ -291,8 +291,8 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
              epochs: int, lr: float, batch_size: int, weight_decay: float,
              select_on: str = "ua", class_weight_power: float = 1.0,
              augmentation: str = "standard", label_smoothing: float = 0.0,
-             schedule: str = "onecycle", grad_clip: float = 0.0, head_lr: float = 0.0
-             ) -> tuple[nn.Module, dict[str, Any]]:
+             schedule: str = "onecycle", grad_clip: float = 0.0, head_lr: float = 0.0,
+             average_from: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Train one front-end + pooled head; keep the epoch with the best validation `select_on`.
 
     Class weights (n / n_c) ** power: 1 = balanced (UA targets), 0.5 = milder (weighted-F1).
@@ -301,10 +301,19 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
     "warmup-linear" (10 % linear warm-up, then linear decay to 0) and `grad_clip` (max gradient
     norm, 0 = off) are the usual BERT fine-tuning recipe, "onecycle" the from-scratch one;
     `head_lr` (0 = `lr`) is the rate of a pretrained front-end's new layers (its map and head).
+    `average_from` (0 = off): the mean of the end-of-epoch weights from that epoch on (tail
+    weight averaging, as in stochastic weight averaging) is one more candidate, kept only if
+    validation prefers it to every single epoch. Not for BatchNorm front-ends, whose running
+    statistics an average of weights does not match.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not 0 <= average_from <= epochs:
+        raise ValueError(f"average_from must be 0 (off) or an epoch in 1..{epochs}")
     fe = build_frontend(m, fcfg)
+    if average_from and any(isinstance(x, nn.modules.batchnorm._BatchNorm)
+                            for x in fe.modules()):
+        raise ValueError(f"weight averaging needs a front-end without BatchNorm ({m} has it)")
     pretrained = fe if isinstance(fe, MiniLMTextFrontend) else None
     groups: list[dict[str, Any]] = [{"params": list(fe.parameters()), "lr": lr}]
     if pretrained is not None:
@@ -330,6 +339,8 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
     label_mask = torch.from_numpy(train.label_mask)[None]
     gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**31))
     best: dict[str, Any] = {"ua": -1.0}
+    val_per_epoch: dict[int, float] = {}
+    average: dict[str, Tensor] = {}  # running mean of the end-of-epoch weights (average_from)
     for epoch in range(1, epochs + 1):
         fe.train()
         order = torch.randperm(len(train), generator=gen).numpy()
@@ -353,9 +364,25 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
             sched.step()
         val_metrics = classification_metrics(val.labels, predict_frontend(fe, m, val),
                                              val.label_mask)
+        val_per_epoch[epoch] = val_metrics[select_on]
         if val_metrics[select_on] > best["ua"]:
             best = {"ua": val_metrics[select_on], "epoch": epoch, "metrics": val_metrics,
                     "state": copy.deepcopy(fe.state_dict())}
+        if average_from and epoch >= average_from:
+            n = epoch - average_from  # states averaged so far
+            with torch.no_grad():
+                for k, v in fe.state_dict().items():
+                    average[k] = (v.detach().clone() if n == 0 or not v.is_floating_point()
+                                  else average[k] + (v - average[k]) / (n + 1))
+    val_average = None
+    if average:
+        fe.load_state_dict(average)
+        val_metrics = classification_metrics(val.labels, predict_frontend(fe, m, val),
+                                             val.label_mask)
+        val_average = val_metrics[select_on]
+        if val_average > best["ua"]:
+            best = {"ua": val_average, "epoch": epochs, "metrics": val_metrics,
+                    "state": average, "averaged": list(range(average_from, epochs + 1))}
     fe.load_state_dict(best["state"])
     fe.eval()
     if pretrained is not None:
@@ -364,7 +391,9 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
         round_large_weights_to_fp16(fe)
         best["metrics"] = classification_metrics(val.labels, predict_frontend(fe, m, val),
                                                  val.label_mask)
-    return fe, {"best_epoch": best["epoch"], "best_val": best["metrics"]}
+    return fe, {"best_epoch": best["epoch"], "best_val": best["metrics"],
+                "averaged_epochs": best.get("averaged"), "val_per_epoch": val_per_epoch,
+                "val_average": val_average}
 
 
 # ------------------------------------------------------------------------------ MoMKE stages

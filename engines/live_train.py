@@ -93,6 +93,9 @@ class LiveTrainConfig:
     grad_clip: dict[str, float] = field(default_factory=dict)
     # per pretrained front-end, the rate of its new layers (map + head; 0 / absent = its lr)
     frontend_head_lr: dict[str, float] = field(default_factory=dict)
+    # per front-end: from this epoch on, the mean of the end-of-epoch weights is one more
+    # candidate for the kept state, chosen only if validation prefers it (0 / absent = off)
+    weight_average_from: dict[str, int] = field(default_factory=dict)
     # per front-end fitting method (engines.live_fit.FITS): "sgd" when absent; "logistic" fits
     # the HOG face front-end as L2 logistic regression (C by inner grouped CV on training
     # subjects; bench/ckplus_hog_lr.py)
@@ -151,6 +154,7 @@ class LiveTrainConfig:
                 "schedule": self.frontend_schedule.get(m, "onecycle"),
                 "grad_clip": self.grad_clip.get(m, 0.0),
                 "head_lr": self.frontend_head_lr.get(m, 0.0),
+                "average_from": self.weight_average_from.get(m, 0),
                 "weight_decay": self.frontend_weight_decay.get(m, self.weight_decay),
                 "select_on": self.select_on[m],
                 "augmentation": ("none" if m in self.no_augment
@@ -307,6 +311,9 @@ def train_live(cfg: LiveTrainConfig) -> Path:
         entry = metrics["experts"].setdefault(m, {})
         entry["final"] = {"val": info["best_val"], "selected_epoch": info["best_epoch"],
                           "n_train": int(tr.size), "n_val": int(va.size)}
+        for key in ("averaged_epochs", "val_per_epoch", "val_average"):
+            if info.get(key) is not None:
+                entry["final"][key] = info[key]
         if d.split.size:  # MELD: dev is reported, never used for any choice
             dev = d.take(np.flatnonzero(d.split == "dev"))
             entry["dev"] = classification_metrics(dev.labels, predict_frontend(fe, m, dev),

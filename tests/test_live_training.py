@@ -236,3 +236,49 @@ def test_the_logistic_fit_refuses_a_learned_face_encoder() -> None:
                      fit="logistic")
     with pytest.raises(ValueError, match="fit must be"):
         fit_frontend("video", FrontendConfig(width=4, dim=8), d, d, fit="newton")
+
+
+def test_weight_averaging_is_a_validation_candidate_of_the_mean_of_epoch_weights(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.live_fit as live_fit
+
+    raw = synthetic_windows(40, seed=8)
+    tok = Tokenizer(vocab=tuple("abcdefgh"))
+    d = featurise(raw, "text", tok)
+    train, val = d.take(np.arange(28)), d.take(np.arange(28, 40))
+    seen: list[dict[str, torch.Tensor]] = []  # the weights each validation pass scored
+
+    def recording_predict(fe: torch.nn.Module, m: str, data: object) -> np.ndarray:
+        seen.append({k: v.clone() for k, v in fe.state_dict().items()})
+        return predict_frontend(fe, m, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(live_fit, "predict_frontend", recording_predict)
+    torch.manual_seed(4)
+    cfg = FrontendConfig(width=4, dim=8, text_vocab=tok.n_ids)
+    fe, info = fit_frontend("text", cfg, train, val, epochs=3,
+                            lr=1e-2, batch_size=8, weight_decay=0.0, select_on="weighted_f1",
+                            average_from=2)
+    assert len(seen) == 4 and set(info["val_per_epoch"]) == {1, 2, 3}  # 3 epochs + the mean
+    for k, v in seen[3].items():  # the candidate is the mean of epochs 2 and 3's weights
+        torch.testing.assert_close(v, (seen[1][k] + seen[2][k]) / 2)
+    # the kept state is the candidate validation scored highest, the mean included
+    scores = {**info["val_per_epoch"], "mean": info["val_average"]}
+    kept = "mean" if info["averaged_epochs"] == [2, 3] else info["best_epoch"]
+    assert scores[kept] == max(scores.values())
+    expected = seen[3] if kept == "mean" else seen[int(kept) - 1]
+    for k, v in fe.state_dict().items():
+        assert torch.equal(v, expected[k])
+
+
+def test_weight_averaging_refuses_batchnorm_and_epochs_out_of_range() -> None:
+    raw = synthetic_windows(20, seed=9)
+    audio = featurise(raw, "audio", Tokenizer(vocab=("x",)))
+    opts = {"epochs": 2, "lr": 1e-3, "batch_size": 8, "weight_decay": 0.0}
+    with pytest.raises(ValueError, match="BatchNorm"):
+        fit_frontend("audio", FrontendConfig(width=4, dim=8), audio, audio, average_from=1,
+                     **opts)
+    tok = Tokenizer(vocab=("x",))
+    text = featurise(raw, "text", tok)
+    with pytest.raises(ValueError, match="average_from"):
+        fit_frontend("text", FrontendConfig(width=4, dim=8, text_vocab=tok.n_ids), text, text,
+                     average_from=3, **opts)
