@@ -335,15 +335,21 @@ def train_live(cfg: LiveTrainConfig) -> Path:
     return out / "live.pt"
 
 
+def prior_rank(calibration_misses: list[str], score: float) -> tuple[int, float]:
+    """Sort key of a mixing-prior candidate (higher is better): the fewer availability patterns
+    it leaves miscalibrated on validation the better, then the mean per-pattern score."""
+    return -len(calibration_misses), score
+
+
 def train_mixing(model: LiveModel, data: dict[str, ModalityData],
                  splits: dict[str, tuple[np.ndarray, np.ndarray]], cfg: LiveTrainConfig
                  ) -> dict[str, Any]:
     """MoMKE stages 1 + 2 with the configured mixing prior, or the selected one ("select").
 
-    Selection: every candidate starts from the same initial core weights and seed. A candidate
-    whose per-pattern temperatures leave any pattern miscalibrated on validation (issue 4's
-    ECE target, or a calibrated model's 95% point where n is too small to show 0.05) loses to
-    one that calibrates; among equals, the score the mixing stage keeps its epoch by decides:
+    Selection: every candidate starts from the same initial core weights and seed. The fewer
+    patterns its per-pattern temperatures leave miscalibrated on validation (issue 4's ECE
+    target, or a calibrated model's 95% point where n is too small to show 0.05), the better;
+    among equals, the score the mixing stage keeps its epoch by decides:
     the mean over availability patterns of each pattern's validation score (text-only:
     weighted-F1 on the MELD-train validation dialogues; `engines.live_fit.train_core`).
     The prior only labels the SYNTHETIC combinations (a lone modality's samples follow its own
@@ -373,7 +379,7 @@ def train_mixing(model: LiveModel, data: dict[str, ModalityData],
                         "val_score_per_pattern": stage2["val_score_per_pattern"]}
         print(f"[mixing prior {name}] selection score (mean per-pattern validation score) "
               f"{score:.4f}, calibration misses {misses}", flush=True)
-        key = (not misses, score)
+        key = prior_rank(misses, score)
         if best is None or key > best["key"]:
             best = {"key": key, "name": name, "result": result,
                     "state": copy.deepcopy(model.core.state_dict())}
@@ -381,8 +387,9 @@ def train_mixing(model: LiveModel, data: dict[str, ModalityData],
     model.core.load_state_dict(best["state"])
     best["result"]["metrics"]["mixing_prior"] = {
         "chosen": best["name"], "mode": cfg.mixing_class_prior, "candidates": scores,
-        "criterion": "calibrated candidates first (every pattern's cross-fitted validation "
-                     "ECE after T <= max(0.05, a calibrated model's 95% point)), then the mean "
+        "criterion": "fewest miscalibrated patterns first (a pattern is calibrated when its "
+                     "cross-fitted validation ECE after T <= max(0.05, a calibrated model's 95% "
+                     "point)), then the mean "
                      "per-pattern validation score (lone modality: its own metric, text-only = "
                      "weighted-F1 on MELD train validation dialogues; combinations: UA); MELD "
                      "dev never used"}

@@ -282,3 +282,29 @@ def test_weight_averaging_refuses_batchnorm_and_epochs_out_of_range() -> None:
     with pytest.raises(ValueError, match="average_from"):
         fit_frontend("text", FrontendConfig(width=4, dim=8, text_vocab=tok.n_ids), text, text,
                      average_from=3, **opts)
+
+
+def test_the_mixing_prior_chosen_has_the_fewest_miscalibrated_patterns_then_the_best_score(
+) -> None:
+    from engines.live_train import prior_rank, train_mixing
+
+    # fewer miscalibrated patterns win whatever the score; equal misses, the better score
+    assert prior_rank([], 0.5) > prior_rank(["audio"], 0.99)
+    assert prior_rank(["audio+text"], 0.89) > prior_rank(["audio", "audio+text"], 0.90)
+    assert prior_rank(["audio"], 0.90) > prior_rank(["video"], 0.89)
+
+    cfg = LiveTrainConfig(data="synthetic", synthetic_n=48, val_fraction=0.25, seed=1,
+                          core_stage1_epochs=2, core_stage2_epochs=2, mixing_samples=96,
+                          mixing_val_per_pattern=16, mixing_class_prior="select")
+    data, tok, _ = load_data(cfg)
+    torch.manual_seed(0)
+    model = LiveModel(LiveModelConfig(token_dim=8, text_vocab=tok.n_ids,
+                                      frontend_width={"audio": 4, "video": 4, "text": 4},
+                                      momke={"width": 8, "depth": 1, "heads": 1}))
+    splits = {m: split_train_val(data[m], cfg, cfg.seed) for m in model.cfg.modalities}
+    prior = train_mixing(model, data, splits, cfg)["metrics"]["mixing_prior"]
+    candidates = prior["candidates"]
+    assert set(candidates) == {"uniform", "text"}
+
+    assert prior["chosen"] == max(candidates, key=lambda name: prior_rank(
+        candidates[name]["calibration_misses"], candidates[name]["selection_score"]))
