@@ -161,14 +161,20 @@ def test_an_ensemble_front_end_is_its_members_trained_apart() -> None:
         assert torch.allclose(pair.forward_head(tokens, mask), mean_head, atol=1e-6)
 
 
-def _tiny_core_run(stage2_epochs: int) -> tuple[LiveModel, dict, dict, dict]:
-    cfg = LiveTrainConfig(data="synthetic", synthetic_n=48, val_fraction=0.25, seed=1)
+def _tiny_live_setup(cfg: LiveTrainConfig) -> tuple[LiveModel, dict, dict]:
+    """A tiny live model on synthetic data, with its train / validation splits."""
     data, tok, _ = load_data(cfg)
     torch.manual_seed(0)
     model = LiveModel(LiveModelConfig(token_dim=8, text_vocab=tok.n_ids,
                                       frontend_width={"audio": 4, "video": 4, "text": 4},
                                       momke={"width": 8, "depth": 1, "heads": 1}))
     splits = {m: split_train_val(data[m], cfg, cfg.seed) for m in model.cfg.modalities}
+    return model, data, splits
+
+
+def _tiny_core_run(stage2_epochs: int) -> tuple[LiveModel, dict, dict, dict]:
+    cfg = LiveTrainConfig(data="synthetic", synthetic_n=48, val_fraction=0.25, seed=1)
+    model, data, splits = _tiny_live_setup(cfg)
     select_on = {"audio": "ua", "video": "ua", "text": "weighted_f1"}
     result = train_core(model, data, splits, 5, stage2_epochs, lr=1e-2, batch_size=16,
                         mixing_samples=96, val_per_pattern=16, seed=0, select_on=select_on)
@@ -296,15 +302,9 @@ def test_the_mixing_prior_chosen_has_the_fewest_miscalibrated_patterns_then_the_
     cfg = LiveTrainConfig(data="synthetic", synthetic_n=48, val_fraction=0.25, seed=1,
                           core_stage1_epochs=2, core_stage2_epochs=2, mixing_samples=96,
                           mixing_val_per_pattern=16, mixing_class_prior="select")
-    data, tok, _ = load_data(cfg)
-    torch.manual_seed(0)
-    model = LiveModel(LiveModelConfig(token_dim=8, text_vocab=tok.n_ids,
-                                      frontend_width={"audio": 4, "video": 4, "text": 4},
-                                      momke={"width": 8, "depth": 1, "heads": 1}))
-    splits = {m: split_train_val(data[m], cfg, cfg.seed) for m in model.cfg.modalities}
+    model, data, splits = _tiny_live_setup(cfg)
     prior = train_mixing(model, data, splits, cfg)["metrics"]["mixing_prior"]
     candidates = prior["candidates"]
     assert set(candidates) == {"uniform", "text"}
-
     assert prior["chosen"] == max(candidates, key=lambda name: prior_rank(
         candidates[name]["calibration_misses"], candidates[name]["selection_score"]))
