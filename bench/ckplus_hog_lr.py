@@ -14,6 +14,11 @@ regression, solved to convergence) is a candidate replacement; this measures it 
 The per-C rows (every outer fold at one fixed C) are a curve for reading, not a selection.
 
     nice -n 19 .venv/bin/python bench/ckplus_hog_lr.py   # ~10 min on one core
+    OPENBLAS_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/ckplus_hog_lr.py \
+        --variants 8,4 8,4:sqrt 8,6,4:sqrt --json bench/results/ckplus_hog_variants.json
+
+With several --variants (HOG cell sizes, optionally square-rooted), the inner CV chooses the
+variant and C together; each variant's own nested number (C chosen inside) is reported beside.
 """
 
 from __future__ import annotations
