@@ -105,19 +105,21 @@ def main() -> int:
     def summary(uas: list[float]) -> dict[str, float]:
         return {"ua_mean": float(np.mean(uas)), "ua_std": float(np.std(uas))}
 
-    out: dict[str, Any] = {"protocol": __doc__.split("\n\n")[1],
-           "variants": {v: f"HOG cells {list(parse_variant(v)[0])}"
-                        f"{', square-rooted' if parse_variant(v)[1] else ''}, "
-                        f"{feats[v][0].shape[1]} features" for v in args.variants},
-           "n": int(len(y)), "subjects": int(np.unique(groups).size),
-           "nested": {**summary([f["test_ua"] for f in nested]), "folds": nested},
-           "nested_per_variant": {v: summary([f["test_ua_per_variant"][v] for f in nested])
-                                  for v in args.variants},
-           "fixed_c_curve_not_a_selection": {f"{v} C={c}": summary(u)
-                                             for (v, c), u in fixed.items()},
-           "seconds": time.monotonic() - t0}
-    if len(args.variants) == 1:  # the single-variant layout bench/results/ckplus_hog_lr.json has
-        out["features"] = out.pop("variants")[args.variants[0]]
+    def describe(v: str) -> str:
+        cells, root = parse_variant(v)
+        return (f"HOG cells {list(cells)}{', square-rooted' if root else ''}, "
+                f"{feats[v][0].shape[1]} features")
+
+    out: dict[str, Any] = {
+        "protocol": __doc__.split("\n\n")[1],
+        "variants": {v: describe(v) for v in args.variants},
+        "n": int(len(y)), "subjects": int(np.unique(groups).size),
+        "nested": {**summary([f["test_ua"] for f in nested]), "folds": nested},
+        "nested_per_variant": {v: summary([f["test_ua_per_variant"][v] for f in nested])
+                               for v in args.variants},
+        "fixed_c_curve_not_a_selection": {f"{v} C={c}": summary(u)
+                                          for (v, c), u in fixed.items()},
+        "seconds": time.monotonic() - t0}
     args.json.write_text(json.dumps(out, indent=1))
     print(f"\n{'model':<40}{'UA mean':>9}{'std':>8}")
     label = "variant and C" if len(args.variants) > 1 else "C"
