@@ -329,6 +329,14 @@ def run_cli(argv: list[str] | None = None) -> int:
         metavar="SECTION.KEY=JSON",
         help="override one config value, e.g. --set train.stage1_epochs=3",
     )
+    ap.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=JSON_LIST",
+        help="add a [search] axis chosen per split on validation, e.g. "
+        "--search model.width=[32,64]",
+    )
     args = ap.parse_args(argv)
     try:
         cfg = read_config(args.config)
@@ -339,6 +347,9 @@ def run_cli(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         section, _, name = key.rpartition(".")
         (cfg.setdefault(section, {}) if section else cfg)[name] = json.loads(value)
+    for item in args.search:  # [search] keys are dotted themselves, so --set cannot add them
+        key, _, value = item.partition("=")
+        cfg.setdefault("search", {})[key] = json.loads(value)
     out_dir = args.out or Path(cfg.get("out_dir", "runs/" + args.config.stem))
     summary = run_config(cfg, out_dir)
     print_table(summary)

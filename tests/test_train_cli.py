@@ -72,6 +72,20 @@ def test_tiny_training_run_through_the_cli(tmp_path) -> None:
     assert set(temps) == {"audio", "video", "audio+video"} and all(t > 0 for t in temps.values())
 
 
+@pytest.mark.timeout(150)
+def test_search_axes_from_the_command_line_are_chosen_per_split(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = _cli(str(TINY), "--out", str(out), "--set", "train.stage1_epochs=1",
+                "--set", "train.stage2_epochs=1", "--search", "model.width=[8,16]")
+    assert proc.returncode == 0, proc.stderr
+    resolved = json.loads((out / "config.resolved.json").read_text())
+    assert resolved["resolved"]["candidates"] == [{"model.width": 8}, {"model.width": 16}]
+    split = json.loads((out / "metrics.json").read_text())["splits"]["synthetic"]
+    assert split["candidate"]["model.width"] in (8, 16)
+    _, meta = load_model(out / "synthetic" / "checkpoint.pt")
+    assert meta["model_args"]["width"] == split["candidate"]["model.width"]
+
+
 def test_cli_rejects_a_bad_config(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("this is = = not toml")
