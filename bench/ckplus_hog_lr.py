@@ -33,22 +33,20 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from engines.datasets import group_kfold, load_ckplus
+from engines.datasets import LABELS, group_kfold, load_ckplus
 from engines.frontends import HOG
-from engines.live_fit import _mean_hog
+from engines.live_fit import _mean_hog, _scores, classification_metrics
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
-def ua(labels: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.mean([np.mean(pred[labels == c] == c) for c in np.unique(labels)]))
-
-
 def fit_score(x: np.ndarray, x_flip: np.ndarray, y: np.ndarray, train: np.ndarray,
               test: np.ndarray, c: float) -> float:
+    """UA on `test` of the regression fitted on `train` crops plus their mirrors."""
     lr = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
     lr.fit(np.concatenate([x[train], x_flip[train]]), np.concatenate([y[train], y[train]]))
-    return ua(y[test], lr.predict(x[test]))
+    # _scores leaves classes the fit never saw at -inf: its argmax is lr.predict's
+    return classification_metrics(y[test], _scores(lr, x[test]), np.ones(len(LABELS), bool))["ua"]
 
 
 def parse_variant(text: str) -> tuple[tuple[int, ...], bool]:

@@ -338,7 +338,11 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
     weight = torch.tensor(ratio ** class_weight_power, dtype=torch.float32)
     label_mask = torch.from_numpy(train.label_mask)[None]
     gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**31))
-    best: dict[str, Any] = {"ua": -1.0}
+
+    def validate() -> dict[str, Any]:
+        return classification_metrics(val.labels, predict_frontend(fe, m, val), val.label_mask)
+
+    best: dict[str, Any] = {"score": -1.0}  # the kept state's validation `select_on`
     val_per_epoch: dict[int, float] = {}
     average: dict[str, Tensor] = {}  # running mean of the end-of-epoch weights (average_from)
     for epoch in range(1, epochs + 1):
@@ -362,11 +366,10 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
                 nn.utils.clip_grad_norm_(fe.parameters(), grad_clip)
             opt.step()
             sched.step()
-        val_metrics = classification_metrics(val.labels, predict_frontend(fe, m, val),
-                                             val.label_mask)
+        val_metrics = validate()
         val_per_epoch[epoch] = val_metrics[select_on]
-        if val_metrics[select_on] > best["ua"]:
-            best = {"ua": val_metrics[select_on], "epoch": epoch, "metrics": val_metrics,
+        if val_metrics[select_on] > best["score"]:
+            best = {"score": val_metrics[select_on], "epoch": epoch, "metrics": val_metrics,
                     "state": copy.deepcopy(fe.state_dict())}
         if average_from and epoch >= average_from:
             n = epoch - average_from  # states averaged so far
@@ -377,11 +380,10 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
     val_average = None
     if average:
         fe.load_state_dict(average)
-        val_metrics = classification_metrics(val.labels, predict_frontend(fe, m, val),
-                                             val.label_mask)
+        val_metrics = validate()
         val_average = val_metrics[select_on]
-        if val_average > best["ua"]:
-            best = {"ua": val_average, "epoch": epochs, "metrics": val_metrics,
+        if val_average > best["score"]:
+            best = {"score": val_average, "epoch": epochs, "metrics": val_metrics,
                     "state": average, "averaged": list(range(average_from, epochs + 1))}
     fe.load_state_dict(best["state"])
     fe.eval()
@@ -389,8 +391,7 @@ def _fit_one(m: str, fcfg: FrontendConfig, train: ModalityData, val: ModalityDat
         # Stored in FP16 (engines.live.round_large_weights_to_fp16); the validation numbers
         # are those of the rounded weights, the ones that ship.
         round_large_weights_to_fp16(fe)
-        best["metrics"] = classification_metrics(val.labels, predict_frontend(fe, m, val),
-                                                 val.label_mask)
+        best["metrics"] = validate()
     return fe, {"best_epoch": best["epoch"], "best_val": best["metrics"],
                 "averaged_epochs": best.get("averaged"), "val_per_epoch": val_per_epoch,
                 "val_average": val_average}
