@@ -52,6 +52,10 @@ class Split:
     train_and_val: Iterable[Batch] | None = None  # for the refit after selection (see run_config)
     raw_zero: dict[str, Tensor] | None = None  # features of an all-zero raw input, per modality
     normalisation: dict[str, Any] | None = None  # what the loader applied (for export/eval)
+    # Inner folds over train + val (each with its own validation groups): when given, selection
+    # (candidate, epochs) is made on all of them instead of on `val` alone, and the refit is
+    # mandatory (see select_on_inner_folds).
+    inner: list[Split] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +158,85 @@ def train_members(
     }
 
 
+def median_epochs(per_fold: list[dict[str, int]]) -> dict[str, int]:
+    """Best epochs of one recipe on several inner folds -> the median per stage / modality."""
+    return {k: int(round(float(np.median([e[k] for e in per_fold])))) for k in per_fold[0]}
+
+
+def select_on_inner_folds(
+    split: Split,
+    data: PreparedData,
+    kind: str,
+    cands: list[tuple[dict[str, Any], TrainConfig, dict[str, Any]]],
+    n_members: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Every candidate trained on every inner fold (early stopping on that fold's validation
+    groups). The best mean validation score over the inner folds wins, and its epochs are the
+    median over them: with 3-actor validation sets one fold's choice is mostly noise, five
+    folds' is not. Returns (tried, info of the winner, its validation predictions pooled over
+    the inner folds): every training group's clips scored by a model that did not train on
+    them, which is what the temperatures are then fitted on (5x the clips of one fold)."""
+    tried: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
+    for cand, tcfg, margs in cands:
+        scores: list[float] = []
+        epochs: list[list[dict[str, int]]] = []
+        pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for fold in split.inner:
+            assert fold.val is not None
+            print(f"[{fold.name}] {kind} {cand or ''}", file=sys.stderr)
+            model, info = train_members(fold, data, kind, margs, tcfg, n_members)
+            preds = pattern_predictions(model, fold.val, data.modalities, tcfg.eval_stage)
+            scores.append(mean_accuracy(preds))
+            epochs.append(info["member_best_epochs"])
+            for key, (logits, labels) in preds.items():
+                old = pooled.get(key, (np.zeros((0, logits.shape[1])), np.zeros(0, np.int64)))
+                pooled[key] = (np.concatenate([old[0], logits]), np.concatenate([old[1], labels]))
+        score = float(np.mean(scores))
+        tried.append({"candidate": cand, "val_mean_accuracy": score, "inner_scores": scores})
+        members = [median_epochs([fold[i] for fold in epochs]) for i in range(n_members)]
+        info = {
+            "best_epoch": members[0],
+            "member_best_epochs": members,
+            "inner_best_epochs": epochs,
+            "val_score": score,
+            "model_args": margs,
+            "train": asdict(tcfg),
+            "candidate": cand,
+        }
+        if best is None or score > best[0]:
+            best = (score, info, pooled)
+    assert best is not None
+    return tried, best[1], best[2]
+
+
+def select_on_val(
+    split: Split,
+    data: PreparedData,
+    kind: str,
+    cands: list[tuple[dict[str, Any], TrainConfig, dict[str, Any]]],
+    n_members: int,
+) -> tuple[list[dict[str, Any]], nn.Module, dict[str, Any]]:
+    """Every candidate trained on the split's training part; the best mean-over-patterns
+    accuracy on its validation part wins (the first candidate when there is no validation)."""
+    tried: list[dict[str, Any]] = []
+    best: tuple[float, nn.Module, dict[str, Any]] | None = None
+    for cand, tcfg, margs in cands:
+        print(f"[{split.name}] {kind} {cand or ''}", file=sys.stderr)
+        model, info = train_members(split, data, kind, margs, tcfg, n_members)
+        score = (
+            mean_accuracy(pattern_predictions(model, split.val, data.modalities, tcfg.eval_stage))
+            if split.val is not None
+            else float("nan")
+        )
+        tried.append({"candidate": cand, "val_mean_accuracy": score})
+        info.update(model_args=margs, train=asdict(tcfg), candidate=cand)
+        if best is None or score > best[0]:
+            best = (score, model, info)
+    assert best is not None
+    return tried, best[1], best[2]
+
+
 def fixed_epochs(best_epoch: dict[str, int], tcfg: TrainConfig) -> TrainConfig:
     """The selected epochs as a no-validation recipe: stage 1 per modality, stage 2 overall."""
     by_mod = {k.split(":", 1)[1]: e + 1 for k, e in best_epoch.items() if k.startswith("stage1:")}
@@ -196,32 +279,26 @@ def run_config(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     for split in data.splits:
         if len(cands) > 1 and split.val is None:
             raise ValueError("a hyperparameter search needs validation data")
-        best: tuple[float, nn.Module, dict[str, Any], dict[str, Any]] | None = None
-        tried = []
-        for cand in cands:
-            margs = _apply(model_base, cand, "model")
-            tcfg = TrainConfig(**_apply(train_base, cand, "train"))
-            print(f"[{split.name}] {kind} {cand or ''}", file=sys.stderr)
-            model, info = train_members(split, data, kind, margs, tcfg, n_members)
-            score = (
-                mean_accuracy(
-                    pattern_predictions(model, split.val, data.modalities, tcfg.eval_stage)
-                )
-                if split.val is not None
-                else float("nan")
-            )
-            tried.append({"candidate": cand, "val_mean_accuracy": score})
-            info.update(model_args=margs, train=asdict(tcfg), candidate=cand)
-            if best is None or score > best[0]:
-                best = (score, model, info, margs)
-        assert best is not None
-        _, model, info, margs = best
+        recipes = [
+            (c, TrainConfig(**_apply(train_base, c, "train")), _apply(model_base, c, "model"))
+            for c in cands
+        ]
+        val_preds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        model: nn.Module | None
+        if split.inner:
+            if not cfg.get("refit", False) or split.train_and_val is None:
+                raise ValueError("inner-fold selection needs refit = true (no model is kept)")
+            tried, info, val_preds = select_on_inner_folds(split, data, kind, recipes, n_members)
+            model = None
+        else:
+            tried, model, info = select_on_val(split, data, kind, recipes, n_members)
+        margs = info["model_args"]
         split_metrics: dict[str, Any] = {"search": tried}
         test_model = model
         if cfg.get("refit", False) and split.train_and_val is not None:
             # Selection is done; refit the chosen recipe on train + validation with the selected
             # epochs (no early stopping), exactly how the shipped model is made from all actors.
-            # Val predictions (for temperatures) stay those of the selected, non-refit model.
+            # Val predictions (for temperatures) stay those of the selected, non-refit model(s).
             chosen = TrainConfig(**info["train"])
             fixed = [
                 replace(fixed_epochs(e, chosen), seed=chosen.seed + i)
@@ -238,6 +315,7 @@ def run_config(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                 "train": [asdict(f) for f in fixed],
                 "seconds": refit_info["seconds"],
             }
+        assert test_model is not None
         split_dir = out_dir / split.name
         split_dir.mkdir(exist_ok=True)
         meta = {
@@ -255,15 +333,17 @@ def run_config(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         }
         save_model(split_dir / "checkpoint.pt", test_model, meta)
         (split_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-        (split_dir / "history.json").write_text(json.dumps(info.pop("history"), indent=1))
-        arrays: dict[str, np.ndarray] = {}
+        (split_dir / "history.json").write_text(json.dumps(info.pop("history", []), indent=1))
         split_metrics.update(info)
-        for part in ("val", "test"):
-            batches = getattr(split, part)
-            if batches is None:
-                continue
-            scorer = model if part == "val" else test_model
-            preds = pattern_predictions(scorer, batches, data.modalities, meta["eval_stage"])
+        if model is not None and split.val is not None:
+            val_preds = pattern_predictions(model, split.val, data.modalities, meta["eval_stage"])
+        parts = {"val": val_preds}
+        if split.test is not None:
+            parts["test"] = pattern_predictions(
+                test_model, split.test, data.modalities, meta["eval_stage"]
+            )
+        arrays: dict[str, np.ndarray] = {}
+        for part, preds in parts.items():
             for key, (logits, labels) in preds.items():
                 arrays[f"{part}/{key}/logits"] = logits
                 arrays[f"{part}/{key}/labels"] = labels

@@ -3,7 +3,9 @@
 1. A real, short MoMKE training on one actor-grouped fold (inner-validation early stopping, the
    test actors unseen), held to floors well under the CV means reported in the README but far
    above chance (0.125) and the raw-zero early-fusion failure mode.
-2. The shipped model through edge-eval on both backends: identical predictions, all files out.
+2. Inner-fold selection (`inner_cv`): every candidate judged on the 5 other folds, the
+   median epochs refit, validation predictions pooled over the 15 training actors.
+3. The shipped model through edge-eval on both backends: identical predictions, all files out.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engines.evaluate import main as edge_eval
@@ -28,7 +31,7 @@ def test_momke_on_one_actor_fold_beats_the_floors(shared_data: Path, tmp_path: P
     cfg = {
         "seed": 0,
         "data": {"dataset": "ravdess", "npz": str(shared_data / DEFAULT_NPZ), "folds": [2]},
-        # the shipped recipe (engines/configs/ravdess_base.toml), without the refit to stay fast
+        # the base recipe (engines/configs/ravdess_base.toml), without the refit to stay fast
         "model": {"kind": "momke", "width": 64, "depth": 1, "dropout": 0.5, "max_tokens": 8},
         "train": {"stage1_epochs": 100, "stage2_epochs": 60, "patience": 12, "progress": False},
     }
@@ -40,6 +43,51 @@ def test_momke_on_one_actor_fold_beats_the_floors(shared_data: Path, tmp_path: P
     assert test["audio"]["accuracy"] >= 0.25
     # fusion helps over the better single modality
     assert test["audio+video"]["accuracy"] > test["video"]["accuracy"]
+
+
+def _inner_cv_config(shared_data: Path, refit: bool) -> dict:
+    return {
+        "seed": 0,
+        "refit": refit,
+        "data": {
+            "dataset": "ravdess",
+            "npz": str(shared_data / DEFAULT_NPZ),
+            "folds": [0],
+            "inner_cv": True,
+        },
+        "model": {"kind": "momke", "width": 32, "depth": 1, "dropout": 0.5, "max_tokens": 8},
+        "train": {"stage1_epochs": 4, "stage2_epochs": 3, "patience": 2, "progress": False},
+        "search": {"model.dropout": [0.3, 0.5]},
+    }
+
+
+@pytest.mark.timeout(300)
+def test_inner_fold_selection_uses_every_training_actor(shared_data: Path, tmp_path: Path) -> None:
+    summary = run_config(_inner_cv_config(shared_data, refit=True), tmp_path)
+    s = summary["splits"]["fold0"]
+    # each candidate judged on the 5 inner folds; the best mean wins
+    assert [len(t["inner_scores"]) for t in s["search"]] == [5, 5]
+    for t in s["search"]:
+        assert t["val_mean_accuracy"] == pytest.approx(float(np.mean(t["inner_scores"])))
+    assert s["val_score"] == max(t["val_mean_accuracy"] for t in s["search"])
+    # its epochs are the median of the inner folds' best epochs, and the refit trains that long
+    per_fold = [members[0] for members in s["inner_best_epochs"]]
+    for key, epoch in s["best_epoch"].items():
+        assert epoch == int(np.median([f[key] for f in per_fold]))
+    assert s["refit"]["train"][0]["stage2_epochs"] == s["best_epoch"]["stage2"] + 1
+    # validation = every training actor once, out of fold (900 clips); test = 3 unseen actors
+    assert s["val"]["audio+video"]["n"] == 900
+    assert s["test"]["audio+video"]["n"] == 180
+    with np.load(tmp_path / "fold0" / "predictions.npz") as preds:
+        assert preds["val/audio/labels"].shape == (900,)
+        assert np.bincount(preds["val/video/labels"], minlength=8).min() > 0
+
+
+def test_inner_fold_selection_refuses_to_run_without_the_refit(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="refit"):
+        run_config(_inner_cv_config(shared_data, refit=False), tmp_path)
 
 
 @pytest.mark.timeout(120)
