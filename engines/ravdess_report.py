@@ -2,12 +2,14 @@
 
     python -m engines.ravdess_report final-config runs/ravdess_cv/momke runs/ravdess_all.toml
     python -m engines.ravdess_report tables runs/ravdess_cv models/ravdess
+    python -m engines.ravdess_report merge runs/ravdess_cv/momke RUN_FOLDS_0_2 RUN_FOLDS_3_5
 
 final-config: the candidate most often selected on the inner validation folds (ties: the higher
 mean validation score), the median best epochs per modality (stage 1) and for stage 2, and the
 "all" protocol (train on every actor, no validation). tables: per pattern, mean ± std over the
 6 test folds of accuracy, UA, macro-F1, and ECE before/after the per-pattern temperature (read
-from edge-calibrate's output), for MoMKE and every baseline; markdown + JSON.
+from edge-calibrate's output), for MoMKE and every baseline; markdown + JSON. merge: runs of
+one config over disjoint folds (one per core) -> one run directory (then edge-calibrate it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from engines.train_cli import merge_runs, print_table
 
 PATTERNS = ("audio", "video", "audio+video")
 ROWS = (  # run name, label, patterns it is reported on
@@ -143,9 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("tables")
     t.add_argument("cv_root", type=Path)
     t.add_argument("model_dir", type=Path)
+    m = sub.add_parser("merge")
+    m.add_argument("out_dir", type=Path)
+    m.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args(argv)
     if args.cmd == "final-config":
         print(json.dumps(final_config(args.cv_dir, args.out)))
+    elif args.cmd == "merge":
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        print_table(merge_runs(args.out_dir, args.runs))
     else:
         print(tables(args.cv_root, args.model_dir))
     return 0

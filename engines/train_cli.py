@@ -371,6 +371,28 @@ def aggregate(per_split: list[dict[str, dict[str, float]]]) -> dict[str, dict[st
     return out
 
 
+def merge_runs(out_dir: Path, runs: list[Path]) -> dict[str, Any]:
+    """Runs of one config over disjoint splits (`--set data.folds=[k]`, one per core) -> one run
+    directory, as if trained in one go: split dirs copied, metrics merged and re-aggregated."""
+    import shutil
+
+    summary: dict[str, Any] = {"splits": {}}
+    for run in runs:
+        for name, split_metrics in json.loads((run / "metrics.json").read_text())["splits"].items():
+            if name in summary["splits"]:
+                raise ValueError(f"split {name} is in more than one run")
+            summary["splits"][name] = split_metrics
+            shutil.copytree(run / name, out_dir / name, dirs_exist_ok=True)
+    summary["splits"] = dict(sorted(summary["splits"].items()))
+    summary["test_mean_std"] = aggregate([s.get("test", {}) for s in summary["splits"].values()])
+    resolved = json.loads((runs[0] / "config.resolved.json").read_text())
+    resolved["data"] = {k: v for k, v in resolved["data"].items() if k != "folds"}
+    resolved.update(out_dir=str(out_dir), merged_from=[str(r) for r in runs])
+    (out_dir / "config.resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
 def print_table(summary: dict[str, Any]) -> None:
     agg = summary.get("test_mean_std", {})
     if not agg:

@@ -18,7 +18,7 @@ import pytest
 
 from engines.evaluate import main as edge_eval
 from engines.ravdess import DEFAULT_NPZ
-from engines.train_cli import run_config
+from engines.train_cli import merge_runs, run_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "ravdess"
@@ -88,6 +88,33 @@ def test_inner_fold_selection_refuses_to_run_without_the_refit(
 ) -> None:
     with pytest.raises(ValueError, match="refit"):
         run_config(_inner_cv_config(shared_data, refit=False), tmp_path)
+
+
+@pytest.mark.timeout(300)
+def test_runs_over_disjoint_folds_merge_into_the_run_made_in_one_go(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    def cfg(folds: list[int]) -> dict:
+        return {
+            "seed": 0,
+            "data": {"dataset": "ravdess", "npz": str(shared_data / DEFAULT_NPZ), "folds": folds},
+            "model": {"kind": "momke", "width": 32, "depth": 1, "dropout": 0.5, "max_tokens": 8},
+            "train": {"stage1_epochs": 3, "stage2_epochs": 2, "patience": 2, "progress": False},
+        }
+
+    whole = run_config(cfg([0, 1]), tmp_path / "whole")
+    run_config(cfg([0]), tmp_path / "a")
+    run_config(cfg([1]), tmp_path / "b")
+    merged = merge_runs(tmp_path / "merged", [tmp_path / "a", tmp_path / "b"])
+    assert merged["test_mean_std"] == whole["test_mean_std"]
+    assert sorted(merged["splits"]) == ["fold0", "fold1"]
+    assert (tmp_path / "merged" / "fold1" / "predictions.npz").exists()
+    assert (
+        "folds"
+        not in json.loads((tmp_path / "merged" / "config.resolved.json").read_text())["data"]
+    )
+    with pytest.raises(ValueError, match="more than one run"):
+        merge_runs(tmp_path / "twice", [tmp_path / "a", tmp_path / "a"])
 
 
 @pytest.mark.timeout(120)
