@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,23 +76,34 @@ class LateFusionTrainable(MoMKETrainable):
         return MoMKEOutput(logits=logits, unimodal_logits=out.unimodal_logits, router=None)
 
 
+@dataclass(frozen=True, kw_only=True)
+class EarlyFusionConfig:
+    modalities: tuple[str, ...]
+    input_dims: dict[str, int]
+    n_classes: int
+    width: int = 64
+    dropout: float = 0.1
+    impute: str = "zero"  # what fills a missing modality: "zero" (raw-zero input) or "mean"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        if self.impute not in ("zero", "mean"):
+            raise ValueError("impute must be 'zero' or 'mean'")
+
+
 class EarlyFusion(nn.Module):
     """Concatenated window-mean features -> MLP. Missing modalities are imputed, not masked."""
 
-    def __init__(
-        self,
-        *,
-        modalities: tuple[str, ...],
-        input_dims: dict[str, int],
-        n_classes: int,
-        width: int = 64,
-        dropout: float = 0.1,
-        impute: str = "zero",
-    ) -> None:
+    def __init__(self, cfg: EarlyFusionConfig) -> None:
         super().__init__()
-        if impute not in ("zero", "mean"):
-            raise ValueError("impute must be 'zero' or 'mean'")
-        self.modalities, self.impute = tuple(modalities), impute
+        self.cfg = cfg
+        self.modalities, self.impute = cfg.modalities, cfg.impute
+        input_dims, width, dropout, n_classes = (
+            cfg.input_dims,
+            cfg.width,
+            cfg.dropout,
+            cfg.n_classes,
+        )
         total = sum(input_dims[m] for m in self.modalities)
         self.net = nn.Sequential(
             nn.Linear(total, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, n_classes)
@@ -144,7 +156,9 @@ def build_model(
     args = dict(model_args)
     if kind == "early_fusion":
         return EarlyFusion(
-            modalities=modalities, input_dims=input_dims, n_classes=n_classes, **args
+            EarlyFusionConfig(
+                modalities=modalities, input_dims=input_dims, n_classes=n_classes, **args
+            )
         )
     if kind == "unimodal":
         only = args.pop("modality")

@@ -189,13 +189,22 @@ def save_plots(es: EvalSet, stem: Path) -> list[Path]:
 
 def print_table(name: str, result: dict[str, dict[str, float]]) -> None:
     print(f"{name}")
-    cols = ("accuracy", "ua", "macro_f1", "weighted_f1", "ece", "ece_if_calibrated_p95",
-            "ece_uncalibrated", "n")
+    cols = (
+        "accuracy",
+        "ua",
+        "macro_f1",
+        "weighted_f1",
+        "ece",
+        "ece_if_calibrated_p95",
+        "ece_uncalibrated",
+        "n",
+    )
     width = {c: max(10, len(c) + 2) for c in cols}
     print(f"  {'pattern':<18}" + "".join(f"{c:>{width[c]}}" for c in cols))
     for p, m in result.items():
-        cells = "".join(f"{m[c]:>{width[c]}d}" if c == "n" else f"{m[c]:>{width[c]}.3f}"
-                        for c in cols)
+        cells = "".join(
+            f"{m[c]:>{width[c]}d}" if c == "n" else f"{m[c]:>{width[c]}.3f}" for c in cols
+        )
         print(f"  {p or '(none)':<18}{cells}")
 
 
@@ -228,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(
             f"--{name}", type=Path, default=None, help=f"{name} data in the shared format"
         )
-    ap.add_argument("--backend", choices=available_backends(), default="torch")
+    ap.add_argument(
+        "--backend",
+        choices=available_backends(),
+        default="onnxruntime",
+        help="onnxruntime (default, as the daemon) or torch (the reference); GPU ones where built",
+    )
     ap.add_argument("--json", type=Path, required=True, help="where to write the results")
     args = ap.parse_args(argv)
     datasets = {n: getattr(args, n) for n in EVALUATORS if getattr(args, n) is not None}

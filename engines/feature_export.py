@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={
             "normalisation": norm,
             "data_config": meta["data_config"],
+            "train_config": meta.get("train_config"),  # absent in checkpoints from before it
             "training_data": meta.get("data_meta", {}),
         },
     )

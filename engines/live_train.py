@@ -3,7 +3,7 @@
 1. Front-ends, each on its own dataset (EmoDB audio, CK+48 faces, MELD text), with a pooled head.
    Model selection (the epoch) uses validation *groups* held out of the training side only;
    grouped CV (EmoDB leave-one-speaker-out, CK+ 10-fold by subject) reports per-fold numbers on
-   folds that took no part in any choice. MELD: train minus 10% of its dialogues (validation),
+   folds that took no part in any choice. MELD: train minus 15% of its dialogues (validation),
    reported on dev.
 2. The front-ends are frozen (deliberate: a few hundred clips/faces cannot support fine-tuning
    through a fusion loss) and every sample is encoded once into tokens.

@@ -330,6 +330,8 @@ def run_config(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "data_meta": data.meta,
             "eval_stage": TrainConfig(**info["train"]).eval_stage,
             "ensemble": n_members,
+            # the recipe that trained these weights (the refit's fixed epochs when refit)
+            "train_config": split_metrics.get("refit", {}).get("train", [info["train"]])[0],
         }
         save_model(split_dir / "checkpoint.pt", test_model, meta)
         (split_dir / "meta.json").write_text(json.dumps(meta, indent=2))
