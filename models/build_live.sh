@@ -4,7 +4,10 @@
 #   experts, the final front-ends (epoch selected on held-out training groups), MoMKE stage 1,
 #   the mixing stage on SYNTHETIC label-matched triples, per-pattern temperatures, ONNX export
 #   with checker + torch/onnxruntime parity, the model card, and the front-end benchmark; the
-#   audio CV without the speaker normaliser for comparison.
+#   audio CV without the speaker normaliser for comparison, and the INT8 graph with its gates.
+#   The shipped models/live re-ran the later stages on the front-ends of the build before it
+#   (`edge-train-live configs/live.toml --frontends-from models/live/live.pt`, same recipe and
+#   seeds); from scratch this script trains the front-ends again.
 #   bash models/build_live.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +25,6 @@ cp "$RUN/metrics.json" models/live/train_metrics.json
 # MELD dev: scored only (no choice in the recipe looks at it)
 $BIN/edge-eval --model models/live --backend onnxruntime --json "$RUN/eval_meld_dev.json" \
   --meld "$DATA/meld_text/dev_sent_emo.csv"
+bash models/build_int8.sh models/live
 $BIN/python bench/bench_frontends.py --model models/live --json models/live/bench_frontends.json
 $BIN/python -m engines.live_card "$RUN" models/live
