@@ -10,6 +10,8 @@ Build steps (a failed check leaves no model behind):
    every availability pattern; the max abs difference of logits and router weights must be
    <= tolerance (1e-4);
 4. manifest.json (+ tokenizer.json for text models) beside model.onnx.
+`edge-export --run SPLIT_DIR --ravdess NPZ --out DIR [--temperatures T]` exports an edge-train
+fixed-feature model instead (engines.feature_export: one graph per availability pattern).
 """
 
 from __future__ import annotations
@@ -210,11 +212,28 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-export", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, help="live model checkpoint (live.pt)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="../shared/data: add real files to the parity check")
+    parser.add_argument("--run", type=Path,
+                        help="or: an edge-train split dir of a fixed-feature model (RAVDESS): "
+                        "one graph per availability pattern + feature_manifest.json")
+    parser.add_argument("--ravdess", type=Path, help="with --run: real features for parity")
+    parser.add_argument("--temperatures", type=Path, help="with --run: edge-calibrate output")
     args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.run is None):
+        parser.error("give --checkpoint (live model) or --run (edge-train feature model)")
+    if args.run is not None:
+        if args.ravdess is None:
+            parser.error("--run needs --ravdess NPZ (real inputs for the parity check)")
+        from engines.feature_export import main as export_feature_run
+
+        extra = ["--temperatures", str(args.temperatures)] if args.temperatures else []
+        return export_feature_run(
+            ["--run", str(args.run), "--ravdess", str(args.ravdess), "--out", str(args.out),
+             *extra]
+        )
     try:
         manifest = export_model(args.checkpoint, args.out, args.data_dir)
     except ExportError as exc:

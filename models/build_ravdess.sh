@@ -10,13 +10,14 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DATA=${EDGE_DATA_DIR:-../shared/data}
 NPZ=$DATA/ravdess_features/ravdess_au_mfcc_actors01-18.npz
-# Every row of the main table searches width x dropout inside each outer fold, chosen on the inner
-# validation actors (4 candidates x 6 folds x 9 rows: about an hour on 2 cores).
-SEARCH=(--search 'model.width=[32,64]' --search 'model.dropout=[0.3,0.5]')
+# Every row of the main table searches width x dropout inside each outer fold, judged on all 5
+# inner folds of the 15 training actors (`inner_cv`; temperatures on their 900 pooled clips):
+# 4 candidates x 5 inner folds x 6 outer folds per row, ~16 min a row on one core.
+SELECTION=(--set data.inner_cv=true --search 'model.width=[32,64]' --search 'model.dropout=[0.3,0.5]')
 VARIANTS="momke momke_no_stage1 momke_no_mixing momke_average_router unimodal_audio unimodal_video late_fusion early_fusion_zero early_fusion_mean"
 if [ -z "${SKIP_CV:-}" ]; then
   for v in $VARIANTS; do
-    $BIN/edge-train engines/configs/ravdess_cv_$v.toml "${SEARCH[@]}"
+    $BIN/edge-train engines/configs/ravdess_cv_$v.toml "${SELECTION[@]}"
     $BIN/edge-calibrate runs/ravdess_cv/$v
   done
 fi
@@ -36,7 +37,7 @@ fi
 # median best epochs, trained on all 18 actors (no validation left, so no early stopping).
 $BIN/python -m engines.ravdess_report final-config runs/ravdess_cv/momke runs/ravdess_all.toml
 $BIN/edge-train runs/ravdess_all.toml
-$BIN/python -m engines.feature_export --run runs/ravdess_all/all --ravdess "$NPZ" \
+$BIN/edge-export --run runs/ravdess_all/all --ravdess "$NPZ" \
   --temperatures runs/ravdess_cv/momke/temperatures.json --out models/ravdess
 cp runs/ravdess_all.toml models/ravdess/train_config.toml
 cp runs/ravdess_all/config.resolved.json models/ravdess/config.resolved.json

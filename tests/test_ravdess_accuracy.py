@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +117,39 @@ def test_runs_over_disjoint_folds_merge_into_the_run_made_in_one_go(
     )
     with pytest.raises(ValueError, match="more than one run"):
         merge_runs(tmp_path / "twice", [tmp_path / "a", tmp_path / "a"])
+
+
+@pytest.mark.timeout(300)
+def test_edge_export_writes_a_trained_feature_model_with_its_recipe(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    cfg = {
+        "seed": 0,
+        "data": {"dataset": "ravdess", "npz": str(shared_data / DEFAULT_NPZ), "folds": [0]},
+        "model": {"kind": "momke", "width": 32, "depth": 1, "dropout": 0.5, "max_tokens": 8},
+        "train": {"stage1_epochs": 3, "stage2_epochs": 2, "patience": 2, "progress": False},
+    }
+    run_config(cfg, tmp_path / "run")
+    out = tmp_path / "exported"
+    exe = Path(sys.executable).with_name("edge-export")
+    args = ["--run", str(tmp_path / "run" / "fold0"), "--ravdess", str(shared_data / DEFAULT_NPZ)]
+    done = subprocess.run(
+        [str(exe), *args, "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "feature_manifest.json").read_text())
+    assert sorted(manifest["graphs"]) == ["audio", "audio+video", "video"]
+    assert max(manifest["parity"]["max_abs_diff"].values()) <= 1e-4
+    assert manifest["train_config"]["stage1_epochs"] == 3  # the recipe travels with the weights
+    # --run without real inputs for the parity check is refused, not exported half-checked
+    bad = subprocess.run(
+        [str(exe), "--run", args[1], "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--ravdess" in bad.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.timeout(120)
