@@ -4,7 +4,11 @@ tests/test_registry.py runs the same contract over every entry (shapes, finite o
 availability pattern including all-missing, absent modalities ignored, ONNX export parity
 where the entry is exportable), so a new entry gets those tests without anyone writing them.
 Register with `register(name, build, exportable=...)`; `build()` returns (model, example batch)
-where the model follows engines.train.Trainable.
+where the model follows engines.train.Trainable. The MoMKE ablations without stage 1 / without
+the mixing stage are the "momke" entry trained differently (`skip_stage1`) or the
+"momke-own-expert" entry.
+The live model (raw windows in, `engines/live.py`) meets its own contract in
+tests/test_live_model.py, tests/test_export_parity.py and tests/test_parity.py.
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ register("momke", _builder("momke", depth=2), exportable=True, description="MoMK
 register("momke-average-router", _builder("momke", router_mode="average"), exportable=True)
 register("momke-own-expert", _builder("momke", router_mode="own"), exportable=True)
 register("unimodal-audio", _builder("unimodal", modality="audio"), exportable=False)
+register("unimodal-video", _builder("unimodal", modality="video"), exportable=False)
+register("unimodal-text", _builder("unimodal", modality="text"), exportable=False)
 register("late-fusion", _builder("late_fusion"), exportable=False)
 register("early-fusion-zero", _builder("early_fusion", impute="zero"), exportable=False)
 register("early-fusion-mean", _builder("early_fusion", impute="mean"), exportable=False)

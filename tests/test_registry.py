@@ -30,6 +30,8 @@ def test_registry_has_the_method_and_every_baseline() -> None:
         "momke-average-router",
         "momke-own-expert",
         "unimodal-audio",
+        "unimodal-video",
+        "unimodal-text",
         "late-fusion",
         "early-fusion-zero",
         "early-fusion-mean",
