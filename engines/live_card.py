@@ -197,8 +197,8 @@ def card(run: Path, model_dir: Path) -> str:
                   "evidence, not accuracy on real multimodal recordings. Single-modality rows are "
                   "the real validation samples of that dataset (speakers / subjects / dialogues "
                   "held out of all training, but used to pick epochs, so mildly optimistic).", "",
-                  "| pattern (SYNTHETIC) | n | accuracy | UA | ECE before T | ECE after T "
-                  "| calibrated model's ECE at this n (mean / 95%) | T |",
+                  "| pattern (combinations SYNTHETIC) | n | accuracy | UA | ECE before T "
+                  "| ECE after T | calibrated model's ECE at this n (mean / 95%) | T |",
                   "|---|---|---|---|---|---|---|---|"]
         cal = metrics.get("calibration_SYNTHETIC", {})
         for key, r in per_pattern.items():

@@ -102,7 +102,7 @@ class _Layer(nn.Module):
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         scores = q @ k.transpose(-1, -2) / math.sqrt(h // self.heads) + attn_bias  # (B, h, L, L)
         ctx = self.dropout(scores.softmax(-1)) @ v  # (B, heads, L, H / heads)
-        ctx = ctx.transpose(1, 2).reshape(b, n, h)
+        ctx = ctx.transpose(1, 2).reshape(b, n, h)  # (B, L, H): heads joined back
         x = self.attn_norm(x + self.dropout(self.attn_out(ctx)))
         ff = self.ff_out(nn.functional.gelu(self.ff_in(x)))
         return self.ff_norm(x + self.dropout(ff))

@@ -123,7 +123,7 @@ class _ExpertLayer(nn.Module):
         # x: (E, B, T, D); attn_bias: (B, T, T) additive, 0 where allowed, -inf where not
         e, b, t, d = x.shape
         qkv = self.qkv(self.ln1(x, sel), sel)  # (E, B, T, 3D)
-        qkv = qkv.reshape(e, b, t, 3, self.heads, d // self.heads)
+        qkv = qkv.reshape(e, b, t, 3, self.heads, d // self.heads)  # (E, B, T, 3, H, Dh)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (E, B, H, T, Dh)
         scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(d // self.heads)
         attn = torch.softmax(scores + attn_bias[None, :, None], dim=-1)  # (E, B, H, T, T)
