@@ -181,7 +181,7 @@ def select_on_inner_folds(
     for cand, tcfg, margs in cands:
         scores: list[float] = []
         epochs: list[list[dict[str, int]]] = []
-        pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        per_fold: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for fold in split.inner:
             assert fold.val is not None
             print(f"[{fold.name}] {kind} {cand or ''}", file=sys.stderr)
@@ -189,9 +189,12 @@ def select_on_inner_folds(
             preds = pattern_predictions(model, fold.val, data.modalities, tcfg.eval_stage)
             scores.append(mean_accuracy(preds))
             epochs.append(info["member_best_epochs"])
-            for key, (logits, labels) in preds.items():
-                old = pooled.get(key, (np.zeros((0, logits.shape[1])), np.zeros(0, np.int64)))
-                pooled[key] = (np.concatenate([old[0], logits]), np.concatenate([old[1], labels]))
+            for key, pair in preds.items():
+                per_fold.setdefault(key, []).append(pair)
+        pooled = {
+            key: (np.concatenate([lg for lg, _ in pairs]), np.concatenate([y for _, y in pairs]))
+            for key, pairs in per_fold.items()
+        }
         score = float(np.mean(scores))
         tried.append({"candidate": cand, "val_mean_accuracy": score, "inner_scores": scores})
         members = [median_epochs([fold[i] for fold in epochs]) for i in range(n_members)]
